@@ -1,0 +1,316 @@
+"""Data sets as [0, 1] float tensors, and seeded, disjoint splits for the attacker and the defender.
+
+Every experiment in the book needs three disjoint pieces of data: the attacker's **training** set, the
+defender's small clean **bonafide** pool, and a held-out **test** set that neither of them touches. The
+reference code drew its bonafide data from the test set with an unseeded shuffle; here the bonafide pool is
+carved out of the training file and the test set comes from the official test file, so the three are
+disjoint by construction and reproducible from one seed.
+
+Images are float tensors in [0, 1], NCHW; any normalisation happens inside the model, so attack budgets
+are in pixel units.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from mcar_lib.cache import cache_root
+
+#: Where Debian's ``dataset-fashion-mnist`` package installs the four gzipped IDX files.
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+#: Environment variable naming a directory that holds data sets (checked before anything else).
+DATA_DIR_ENV = "MCAR_DATA_DIR"
+
+DATASETS = ("fashion_mnist", "cifar10", "svhn")
+CLASS_NAMES = {
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    "svhn": tuple(str(d) for d in range(10)),
+}
+_FMNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data set could not be found in any of the places we look; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class LabeledImages(Dataset):
+    """Images ``x`` (N×C×H×W, float in [0, 1]) with integer labels ``y`` (N), held in memory.
+
+    Indexing with a list or tensor of indices returns a whole batch at once, which is how :func:`loader`
+    uses it (no per-sample collation).
+    """
+
+    x: Tensor
+    y: Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.ndim != 4:
+            raise ValueError(f"x must be N×C×H×W, got shape {tuple(self.x.shape)}")
+        if self.y.ndim != 1 or len(self.y) != len(self.x):
+            raise ValueError(f"y must be a vector of {len(self.x)} labels, got shape {tuple(self.y.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int | list[int] | Tensor) -> tuple[Tensor, Tensor]:
+        return self.x[index], self.y[index]
+
+    def subset(self, index: Tensor | slice) -> LabeledImages:
+        """The samples at ``index`` as a new data set."""
+        return LabeledImages(self.x[index], self.y[index])
+
+    def to(self, device: str | torch.device) -> LabeledImages:
+        return LabeledImages(self.x.to(device), self.y.to(device))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """C, H, W of one image."""
+        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+
+
+def loader(data: LabeledImages, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+           drop_last: bool = False) -> DataLoader:
+    """A DataLoader that yields whole batches by tensor indexing; shuffling is seeded and reproducible."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    base = RandomSampler(data, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(data)
+    return DataLoader(data, sampler=BatchSampler(base, batch_size, drop_last), batch_size=None)
+
+
+def batches(data: LabeledImages, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Consecutive batches in order (for evaluation)."""
+    for start in range(0, len(data), batch_size):
+        yield data.x[start:start + batch_size], data.y[start:start + batch_size]
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+def _explicit_dir(root: str | os.PathLike | None) -> Path | None:
+    if root is not None:
+        return Path(root)
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env) if env else None
+
+
+def _find_idx_files(folder: Path) -> Path | None:
+    """A folder holding the four Fashion-MNIST IDX files (plain or gzipped), in either of two layouts."""
+    for candidate in (folder, folder / "FashionMNIST" / "raw"):
+        if all((candidate / f).exists() or (candidate / f"{f}.gz").exists() for f in _FMNIST_FILES):
+            return candidate
+    return None
+
+
+def _stage_as_torchvision(source: Path) -> Path:
+    """Copy (and un-gzip) IDX files into torchvision's layout under the cache, atomically; return the root."""
+    root = cache_root() / "data"
+    raw = root / "FashionMNIST" / "raw"
+    if all((raw / f).exists() for f in _FMNIST_FILES):
+        return root
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in _FMNIST_FILES:
+        plain, packed = source / name, source / f"{name}.gz"
+        with tempfile.NamedTemporaryFile(dir=raw, delete=False) as tmp:
+            if plain.exists():
+                with open(plain, "rb") as src:
+                    shutil.copyfileobj(src, tmp)
+            else:
+                with gzip.open(packed, "rb") as src:
+                    shutil.copyfileobj(src, tmp)
+        os.replace(tmp.name, raw / name)
+    return root
+
+
+def _to_float_images(images: Tensor) -> Tensor:
+    """uint8 N×H×W or N×H×W×C → float N×C×H×W in [0, 1]."""
+    if images.ndim == 3:
+        images = images.unsqueeze(-1)
+    return images.permute(0, 3, 1, 2).contiguous().float().div_(255.0)
+
+
+def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = None,
+                       *, download: bool = True) -> LabeledImages:
+    """Fashion-MNIST as [0, 1] tensors (N×1×28×28).
+
+    Looked for, in this order: an explicit directory (``root`` or ``$MCAR_DATA_DIR``) holding the four IDX
+    files; the files of Debian's ``dataset-fashion-mnist`` package; torchvision's download into the cache.
+    """
+    from torchvision.datasets import FashionMNIST
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    tried: list[str] = []
+    explicit = _explicit_dir(root)
+    sources = [("explicit directory", explicit)] if explicit is not None else []
+    sources.append(("Debian package dataset-fashion-mnist", DEBIAN_FASHION_MNIST))
+    for label, folder in sources:
+        found = _find_idx_files(folder) if folder.exists() else None
+        if found is None:
+            tried.append(f"{label}: no Fashion-MNIST IDX files in {folder}")
+            continue
+        ds = FashionMNIST(str(_stage_as_torchvision(found)), train=split == "train", download=False)
+        return LabeledImages(_to_float_images(ds.data), ds.targets.long())
+    if download:
+        try:
+            ds = FashionMNIST(str(cache_root() / "data"), train=split == "train", download=True)
+            return LabeledImages(_to_float_images(ds.data), ds.targets.long())
+        except Exception as err:  # network errors come in many types
+            tried.append(f"torchvision download: failed ({type(err).__name__}: {err})")
+    else:
+        tried.append("torchvision download: not attempted (download=False)")
+    raise DatasetNotFoundError(
+        "Fashion-MNIST was not found. Tried:\n  - " + "\n  - ".join(tried) + "\n"
+        "Fix it in one of three ways: (1) put train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+        f"t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz] in a folder and pass root=... or set "
+        f"${DATA_DIR_ENV}; (2) on Debian/Ubuntu run `apt-get install dataset-fashion-mnist`; "
+        "(3) allow network access so torchvision can download it."
+    )
+
+
+def load_cifar10(split: str = "train", root: str | os.PathLike | None = None, *,
+                 download: bool = False, verify_checksums: bool = True) -> LabeledImages:
+    """CIFAR-10 as [0, 1] tensors (N×3×32×32), read by torchvision from ``root/cifar-10-batches-py``.
+
+    ``verify_checksums=False`` skips torchvision's MD5 check (only for hand-made test files).
+    """
+    from torchvision.datasets import CIFAR10
+
+    folder = _dataset_root(root)
+    cls = CIFAR10 if verify_checksums else _without_md5(CIFAR10)
+    try:
+        ds = cls(str(folder), train=split == "train", download=download)
+    except RuntimeError as err:
+        raise DatasetNotFoundError(
+            f"CIFAR-10 was not found under {folder} ({err}). Put the python version of CIFAR-10 "
+            f"(folder cifar-10-batches-py) there, pass root=..., set ${DATA_DIR_ENV}, or call with download=True "
+            "on a machine with network access."
+        ) from err
+    return LabeledImages(_to_float_images(torch.from_numpy(ds.data)), torch.tensor(ds.targets, dtype=torch.long))
+
+
+def load_svhn(split: str = "train", root: str | os.PathLike | None = None, *,
+              download: bool = False, verify_checksums: bool = True) -> LabeledImages:
+    """SVHN (cropped digits) as [0, 1] tensors (N×3×32×32), read by torchvision from ``root/{split}_32x32.mat``."""
+    from torchvision.datasets import SVHN
+
+    folder = _dataset_root(root)
+    cls = SVHN if verify_checksums else _without_md5(SVHN)
+    try:
+        ds = cls(str(folder), split=split, download=download)
+    except RuntimeError as err:
+        raise DatasetNotFoundError(
+            f"SVHN ({split}) was not found under {folder} ({err}). Put {split}_32x32.mat there, pass root=..., "
+            f"set ${DATA_DIR_ENV}, or call with download=True on a machine with network access."
+        ) from err
+    images = torch.from_numpy(ds.data).permute(0, 2, 3, 1)  # torchvision keeps SVHN as N×C×H×W
+    return LabeledImages(_to_float_images(images), torch.from_numpy(ds.labels).long())
+
+
+def _dataset_root(root: str | os.PathLike | None) -> Path:
+    explicit = _explicit_dir(root)
+    return explicit if explicit is not None else cache_root() / "data"
+
+
+def _without_md5(cls: type) -> type:
+    """A subclass of a torchvision data set that only checks the files exist (for synthetic test files)."""
+
+    class Unverified(cls):  # type: ignore[misc, valid-type]
+        def _check_integrity(self) -> bool:
+            if hasattr(self, "train_list"):
+                files = self.train_list + self.test_list
+                return all((Path(self.root) / self.base_folder / name).exists() for name, _ in files)
+            return (Path(self.root) / self.filename).exists()
+
+    Unverified.__name__ = f"Unverified{cls.__name__}"
+    return Unverified
+
+
+def load(name: str, split: str = "train", root: str | os.PathLike | None = None) -> LabeledImages:
+    """Load one of :data:`DATASETS` by name."""
+    loaders = {"fashion_mnist": load_fashion_mnist, "cifar10": load_cifar10, "svhn": load_svhn}
+    if name not in loaders:
+        raise ValueError(f"unknown data set {name!r}; choose one of {DATASETS}")
+    return loaders[name](split, root)
+
+
+# ------------------------------------------------------------------------------------------------ splits
+
+@dataclass(frozen=True)
+class Splits:
+    """Three disjoint data sets: the attacker's ``train``, the defender's ``bonafide`` pool, a held-out ``test``."""
+
+    train: LabeledImages
+    bonafide: LabeledImages
+    test: LabeledImages
+    dataset: str
+    seed: int
+
+    def describe(self) -> str:
+        return (f"{self.dataset}: train {len(self.train)}, bonafide pool {len(self.bonafide)}, "
+                f"test {len(self.test)} (seed {self.seed})")
+
+
+def split(train_pool: LabeledImages, test_pool: LabeledImages, *, n_train: int, n_bonafide: int, n_test: int,
+          seed: int, dataset: str = "custom") -> Splits:
+    """Seeded, disjoint splits: train and bonafide from ``train_pool``, test from ``test_pool``.
+
+    The same seed always gives the same indices; train and bonafide never share an image, and the test set
+    comes from a different file, so the defender never sees test images.
+    """
+    if n_train + n_bonafide > len(train_pool):
+        raise ValueError(f"n_train + n_bonafide = {n_train + n_bonafide} exceeds the {len(train_pool)} "
+                         "training images available; lower the profile's sizes")
+    if n_test > len(test_pool):
+        raise ValueError(f"n_test = {n_test} exceeds the {len(test_pool)} test images available")
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(train_pool), generator=gen)
+    test_order = torch.randperm(len(test_pool), generator=gen)
+    return Splits(
+        train=train_pool.subset(order[:n_train]),
+        bonafide=train_pool.subset(order[n_train:n_train + n_bonafide]),
+        test=test_pool.subset(test_order[:n_test]),
+        dataset=dataset,
+        seed=seed,
+    )
+
+
+def load_splits(dataset: str, *, n_train: int, n_bonafide: int, n_test: int, seed: int,
+                root: str | os.PathLike | None = None) -> Splits:
+    """Load ``dataset`` and split it with :func:`split`."""
+    return split(load(dataset, "train", root), load(dataset, "test", root), n_train=n_train,
+                 n_bonafide=n_bonafide, n_test=n_test, seed=seed, dataset=dataset)
+
+
+def take(data: LabeledImages, n: int, *, seed: int) -> LabeledImages:
+    """A seeded random subset of ``n`` samples (e.g. a bonafide set of size N from the pool)."""
+    if n > len(data):
+        raise ValueError(f"cannot take {n} samples from a data set of {len(data)}")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    return data.subset(order[:n])
+
+
+def split_off(data: LabeledImages, fraction: float, *, seed: int) -> tuple[LabeledImages, LabeledImages]:
+    """Split ``data`` into (rest, held_out) with ``round(fraction·N)`` (at least 1) held-out samples.
+
+    Used to keep a slice of the defender's own data for choosing hyper-parameters such as t.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    n_out = max(1, round(fraction * len(data)))
+    if n_out >= len(data):
+        raise ValueError(f"a data set of {len(data)} samples is too small to hold out {n_out}")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    return data.subset(order[n_out:]), data.subset(order[:n_out])
