@@ -1,0 +1,119 @@
+"""The three run profiles, defined once: ``cpu`` (the default), ``smoke`` (seconds, CI sanity) and ``paper``.
+
+A chapter picks a profile in its papermill ``parameters`` cell and derives every size from it:
+``cfg = profiles.get(PROFILE)``. The common part (data set, model, split sizes) sits on :class:`Profile`; each
+chapter owns one section (``cfg.mc``, ``cfg.bd``, ...). ``paper`` follows the paper's data sets, models and
+hyper-parameters and is meant for a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+PROFILES = ("cpu", "smoke", "paper")
+
+
+@dataclass(frozen=True)
+class CurvesSettings:
+    """Chapter 1, mode connectivity: endpoints and curve training."""
+
+    endpoint_epochs: int = 3
+    endpoint_lr: float = 0.05
+    curve_epochs: int = 3
+    curve_lr: float = 0.03
+    n_points: int = 21
+    grid_size: int = 11
+
+
+@dataclass(frozen=True)
+class BackdoorSettings:
+    """Chapter 2, backdoor repair."""
+
+    bonafide_sizes: tuple[int, ...] = (2500, 1000, 500, 250, 50)
+
+
+@dataclass(frozen=True)
+class FaultSettings:
+    """Chapter 3, error injection."""
+
+    bonafide_sizes: tuple[int, ...] = (2500, 250)
+
+
+@dataclass(frozen=True)
+class RobustnessSettings:
+    """Chapter 4, evasion attacks and the robustness-loss barrier."""
+
+    eps: float = 0.1
+
+
+@dataclass(frozen=True)
+class CurvatureSettings:
+    """Chapter 5, input-Hessian curvature."""
+
+    n_samples: int = 256
+
+
+@dataclass(frozen=True)
+class FlatnessSettings:
+    """Chapter 6, weight-space flatness and AWP."""
+
+    gamma: float = 0.01
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything a chapter needs to size its experiments."""
+
+    name: str
+    dataset: str
+    model: str
+    width: int
+    n_train: int
+    n_bonafide_pool: int
+    n_test: int
+    batch_size: int
+    eval_batch_size: int = 1000
+    mc: CurvesSettings = field(default_factory=CurvesSettings)
+    bd: BackdoorSettings = field(default_factory=BackdoorSettings)
+    ei: FaultSettings = field(default_factory=FaultSettings)
+    rb: RobustnessSettings = field(default_factory=RobustnessSettings)
+    hs: CurvatureSettings = field(default_factory=CurvatureSettings)
+    awp: FlatnessSettings = field(default_factory=FlatnessSettings)
+
+    @property
+    def is_smoke(self) -> bool:
+        return self.name == "smoke"
+
+
+_CPU = Profile(name="cpu", dataset="fashion_mnist", model="small_cnn", width=16,
+               n_train=20_000, n_bonafide_pool=5_000, n_test=2_000, batch_size=128)
+
+_SMOKE = replace(
+    _CPU, name="smoke", n_train=512, n_bonafide_pool=256, n_test=128, batch_size=64, width=4,
+    mc=CurvesSettings(endpoint_epochs=1, curve_epochs=1, n_points=3, grid_size=3),
+    bd=BackdoorSettings(bonafide_sizes=(128, 32)),
+    ei=FaultSettings(bonafide_sizes=(128,)),
+    rb=RobustnessSettings(),
+    hs=CurvatureSettings(n_samples=8),
+    awp=FlatnessSettings(),
+)
+
+_PAPER = Profile(
+    name="paper", dataset="cifar10", model="vgg16", width=64, n_train=45_000, n_bonafide_pool=5_000,
+    n_test=10_000, batch_size=128,
+    mc=CurvesSettings(endpoint_epochs=100, endpoint_lr=0.05, curve_epochs=100, curve_lr=0.01, n_points=31,
+                      grid_size=21),
+    rb=RobustnessSettings(eps=8 / 255),
+    hs=CurvatureSettings(n_samples=1000),
+    awp=FlatnessSettings(gamma=0.01),
+)
+
+_BY_NAME = {p.name: p for p in (_CPU, _SMOKE, _PAPER)}
+
+
+def get(name: str) -> Profile:
+    """The profile called ``name`` (``"cpu"``, ``"smoke"`` or ``"paper"``)."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; choose one of {PROFILES}") from None
