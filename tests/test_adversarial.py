@@ -1,0 +1,129 @@
+"""Adversarial-training losses: crafted in eval mode, one training forward, BN touched only by that forward."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mcar_lib import adversarial
+from mcar_lib.adversarial import RobustLoss, fgsm_rs_loss, fit_adversarial, pgd_loss
+from mcar_lib.attacks import PGD, pgd
+from mcar_lib.train import SGDConfig
+
+
+def tiny_cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Flatten(), nn.Linear(4 * 8 * 8, 3),
+    )
+
+
+def batch(n: int = 16, seed: int = 1) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def bn_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+def test_pgd_loss_updates_bn_like_one_plain_training_forward_on_x_adv() -> None:
+    """Eval-mode crafting + one train-mode CE: BN statistics move exactly as in a plain CE step on x_adv."""
+    x, y = batch()
+    ours = tiny_cnn().train()
+    loss = pgd_loss(eps=0.1, alpha=0.03, steps=4, random_start=False)(ours, x, y)
+
+    plain = tiny_cnn().train()
+    with torch.no_grad():
+        x_adv = pgd(copy.deepcopy(plain), x, y, eps=0.1, alpha=0.03, steps=4, random_start=False)
+    expected = F.cross_entropy(plain(x_adv), y)  # a plain CE training forward
+
+    torch.testing.assert_close(loss, expected)
+    after, reference = bn_state(ours), bn_state(plain)
+    for key in reference:
+        torch.testing.assert_close(after[key], reference[key], msg=key)
+    assert after["1.num_batches_tracked"].item() == 1  # the attack's forwards did not count
+    assert ours.training and all(m.training for m in ours.modules())
+
+
+def test_robust_loss_gradient_is_the_clean_gradient_at_x_adv() -> None:
+    """The attack leaves no parameter gradient behind: backward gives exactly ∇_w CE(f(x_adv)) once."""
+    x, y = batch()
+    model = tiny_cnn().train()
+    robust = pgd_loss(eps=0.1, alpha=0.03, steps=3, random_start=False)
+    x_adv = robust.craft(model, x, y)
+    assert all(p.grad is None for p in model.parameters())
+    twin = copy.deepcopy(model)
+    robust(model, x, y).backward()
+    F.cross_entropy(twin(x_adv), y).backward()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_fgsm_rs_is_one_step_of_1_25_eps_from_a_uniform_start() -> None:
+    model = tiny_cnn().double().eval()
+    x, y = batch()
+    x = x.double()
+    eps = 0.1
+    loss = fgsm_rs_loss(eps)
+    assert isinstance(loss.attack, PGD)
+    x_adv = loss.attack(model, x, y, generator=torch.Generator().manual_seed(7))
+    # the reference: the same uniform start, one signed step of 1.25·eps, projection, clipping
+    start = x + (torch.rand(x.shape, generator=torch.Generator().manual_seed(7), dtype=x.dtype) * 2 - 1) * eps
+    start = start.clamp(0, 1).requires_grad_(True)
+    F.cross_entropy(model(start), y, reduction="sum").backward()
+    expected = (x + (start + 1.25 * eps * start.grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    torch.testing.assert_close(x_adv, expected.detach())
+
+
+def test_fit_adversarial_trains_a_copy_and_hands_the_robust_loss_to_awp() -> None:
+    x, y = batch(32)
+    data = [(x[:16], y[:16]), (x[16:], y[16:])]
+    model = tiny_cnn()
+    before = copy.deepcopy(model.state_dict())
+
+    class Recorder:
+        """A stand-in for AWP: records what it is given and counts the steps its loss is used for."""
+
+        def __init__(self) -> None:
+            self.seen: list[object] = []
+            self.calls = 0
+
+        def wrap(self, loss: RobustLoss, *, steps_per_epoch: int | None):
+            self.seen.append((loss, steps_per_epoch))
+
+            def wrapped(net: nn.Module, xb: Tensor, yb: Tensor) -> Tensor:
+                self.calls += 1
+                return loss.loss_on(net, loss.craft(net, xb, yb), yb)
+            return wrapped
+
+    awp = Recorder()
+    robust = pgd_loss(eps=0.1, steps=2)
+    trained, history = fit_adversarial(model, data, epochs=2, attack=robust, awp=awp,
+                                       sgd=SGDConfig(lr=0.05), show_progress=False)
+    assert awp.seen == [(robust, 2)] and awp.calls == 4
+    assert len(history.rows) == 2
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert any(not torch.equal(v, before[k]) for k, v in trained.state_dict().items())
+
+
+def test_fit_adversarial_accepts_a_bare_attack_and_matches_the_loss_factory() -> None:
+    x, y = batch(32)
+    data = [(x[:16], y[:16]), (x[16:], y[16:])]
+    attack = PGD(eps=0.1, alpha=0.05, steps=2, random_start=False)
+    a, _ = fit_adversarial(tiny_cnn(), data, epochs=1, attack=attack, show_progress=False)
+    b, _ = fit_adversarial(tiny_cnn(), data, epochs=1, attack=pgd_loss(0.1, 0.05, 2, random_start=False),
+                           show_progress=False)
+    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(v, w, msg=k)
+
+
+def test_bad_budget_is_reported() -> None:
+    with pytest.raises(ValueError, match="eps"):
+        adversarial.pgd_loss(eps=float("nan"))
