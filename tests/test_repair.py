@@ -1,0 +1,231 @@
+"""Repair baselines: they never mutate their inputs, fine-pruning really zeroes channels, batch norm comes from
+bonafide data, and the t-selection rules do what they say."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from torch import Tensor, nn
+
+from mcar_lib import models, repair
+from mcar_lib.data import LabeledImages
+from mcar_lib.train import SGDConfig
+
+
+def _data(n: int = 96, seed: int = 0) -> LabeledImages:
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    x = torch.rand(n, 1, 8, 8, generator=gen) * 0.3
+    for c in range(3):  # a learnable signal: a bright row per class
+        x[y == c, 0, 2 * c + 1, :] += 0.7
+    return LabeledImages(x, y)
+
+
+def _cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return models.build("small_cnn", width=2, num_classes=3, image_size=8)
+
+
+def _snapshot(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, bool]]:
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return state, {n: m.training for n, m in model.named_modules()}
+
+
+def _unchanged(model: nn.Module, snap: tuple[dict[str, Tensor], dict[str, bool]]) -> bool:
+    state, modes = snap
+    same_state = all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    return same_state and modes == {n: m.training for n, m in model.named_modules()}
+
+
+def test_step_batches_gives_exactly_steps_batches_covering_the_data() -> None:
+    data = _data(10)
+    batches = list(repair.StepBatches(data, 4, 7, seed=1))
+    assert len(batches) == 7 == len(repair.StepBatches(data, 4, 7))
+    first_sweep = torch.cat([x for x, _ in batches[:3]])  # 4 + 4 + 2 = one pass over the data
+    assert sorted(first_sweep.flatten().tolist()) == sorted(data.x.flatten().tolist())
+
+
+def test_baselines_never_mutate_their_inputs() -> None:
+    a, b = _cnn(0).train(), _cnn(1).eval()
+    bona = _data()
+    snap_a, snap_b = _snapshot(a), _snapshot(b)
+    x0 = bona.x.clone()
+    sgd = SGDConfig(lr=0.05)
+    results = [
+        repair.finetune(a, bona, steps=3, sgd=sgd),
+        repair.train_from_scratch(a, bona, steps=3, sgd=sgd),
+        repair.noisy_model(a, b, bona, scale=0.5),
+        repair.fine_prune(a, bona, tolerance=100.0, steps=3, sgd=sgd),
+    ]
+    a2, tuned = repair.one_model_endpoints(a, bona, steps=2, sgd=sgd)
+    assert a2 is a and tuned is not a
+    assert _unchanged(a, snap_a) and _unchanged(b, snap_b)
+    assert torch.equal(bona.x, x0)
+    for r in results:
+        assert r.model is not a and r.model is not b
+        assert not r.model.training, f"{r.name} should return an eval-mode model"
+
+
+def test_finetune_is_reproducible_and_learns() -> None:
+    a, bona = _cnn(0), _data()
+    r1 = repair.finetune(a, bona, steps=40, sgd=SGDConfig(lr=0.1))
+    r2 = repair.finetune(a, bona, steps=40, sgd=SGDConfig(lr=0.1))
+    for p, q in zip(r1.model.parameters(), r2.model.parameters()):
+        assert torch.equal(p, q)
+    from mcar_lib.train import accuracy
+    assert accuracy(r1.model, [(bona.x, bona.y)]) > accuracy(a, [(bona.x, bona.y)])
+
+
+def test_train_from_scratch_forgets_the_template() -> None:
+    a = _cnn(0)
+    r = repair.train_from_scratch(a, _data(), steps=1, sgd=SGDConfig(lr=1e-9, weight_decay=0.0), seed=7)
+    r2 = repair.train_from_scratch(a, _data(), steps=1, sgd=SGDConfig(lr=1e-9, weight_decay=0.0), seed=7)
+    name = models.last_conv_name(a) + ".weight"
+    wa, wr = a.state_dict()[name], r.model.state_dict()[name]
+    assert not torch.allclose(wa, wr)
+    assert torch.equal(wr, r2.model.state_dict()[name])
+    fresh = repair.train_from_scratch(lambda: _cnn(3), _data(), steps=1, sgd=SGDConfig(lr=1e-9), seed=7)
+    assert fresh.name == "from scratch"
+
+
+def test_recompute_bn_averages_the_statistics_of_the_bonafide_data() -> None:
+    a, bona = _cnn(0), _data(50)
+    net = repair.recompute_bn(a, bona, batch_size=16)
+    name, first_bn = next((n, m) for n, m in a.named_modules() if isinstance(m, nn.BatchNorm2d))
+    seen: list[Tensor] = []  # the first BN's input does not depend on any BN statistics
+    handle = first_bn.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    with torch.no_grad():
+        a.eval()(bona.x)
+    handle.remove()
+    z = seen[0]
+    mean = z.mean(dim=(0, 2, 3))
+    chunks = torch.split(z, 16)  # 16, 16, 16, 2 images: per-batch variances weighted by batch size
+    var = sum(len(c) * c.transpose(0, 1).flatten(1).var(dim=1, unbiased=True) for c in chunks) / len(z)
+    recomputed = dict(net.named_modules())[name]
+    assert torch.allclose(recomputed.running_mean, mean, atol=1e-6)
+    assert torch.allclose(recomputed.running_var, var, rtol=1e-4)
+    assert recomputed.momentum == first_bn.momentum
+
+
+def test_noisy_model_centre_and_scale() -> None:
+    a, b = _cnn(0), _cnn(1)
+    r0 = repair.noisy_model(a, b, _data(), scale=0.0)
+    for (name, p), q, w in zip(r0.model.named_parameters(), a.parameters(), b.parameters()):
+        assert torch.allclose(p, 0.5 * q + 0.5 * w), name
+    lin_a, lin_b = nn.Linear(100, 100), nn.Linear(100, 100)
+    bona = LabeledImages(torch.rand(4, 1, 10, 10), torch.zeros(4, dtype=torch.long))
+    flat = nn.Sequential(nn.Flatten(), lin_a)
+    other = nn.Sequential(nn.Flatten(), lin_b)
+    r = repair.noisy_model(flat, other, bona, scale=0.3, seed=2)
+    w = r.model[1].weight
+    mid = 0.5 * (lin_a.weight + lin_b.weight)
+    z = (w - mid) / (lin_b.weight - lin_a.weight).abs()
+    assert abs(z.mean().item()) < 0.05
+    assert z.std().item() == pytest.approx(0.3, rel=0.05)
+    with pytest.raises(ValueError, match="same architecture"):
+        repair.noisy_model(a, flat, bona)
+
+
+def _output_of(model: nn.Module, layer: str, x: Tensor) -> Tensor:
+    seen: list[Tensor] = []
+    handle = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: seen.append(o.clone()))
+    with torch.no_grad():
+        model.eval()(x)
+    handle.remove()
+    return seen[0]
+
+
+def test_fine_pruning_zeroes_the_least_active_channels() -> None:
+    a, bona = _cnn(0), _data()
+    r = repair.fine_prune(a, bona, tolerance=100.0, prune_step=2, steps=5, sgd=SGDConfig(lr=0.05), seed=1)
+    pruned = r.details["pruned_channels"]
+    conv, norm = r.details["layer"], r.details["norm"]
+    assert conv == models.last_conv_name(a)
+    modules = dict(a.named_modules())
+    n_channels = modules[conv].out_channels
+    assert isinstance(modules[norm], nn.BatchNorm2d) and modules[norm].num_features == n_channels
+    assert r.details["n_pruned"] == len(pruned) == 2  # a huge tolerance prunes in steps of 2 up to C - 1 = 3
+    rest, _ = repair.split_off(bona, 0.2, seed=1)
+    activity = torch.relu(_output_of(a, norm, rest.x)).mean(dim=(0, 2, 3))
+    assert set(pruned) == set(torch.argsort(activity)[:len(pruned)].tolist())
+    m = r.model
+    state = m.state_dict()
+    assert torch.all(state[f"{conv}.weight"][pruned] == 0)
+    assert torch.all(state[f"{norm}.weight"][pruned] == 0) and torch.all(state[f"{norm}.bias"][pruned] == 0)
+    out = _output_of(m, norm, bona.x)
+    assert torch.all(out[:, pruned] == 0)
+    kept = [c for c in range(n_channels) if c not in pruned]
+    assert out[:, kept].abs().sum() > 0
+
+
+def test_fine_pruning_stops_at_the_tolerance() -> None:
+    a = repair.finetune(_cnn(0), _data(), steps=60, sgd=SGDConfig(lr=0.1)).model
+    r = repair.fine_prune(a, _data(seed=1), tolerance=0.0, steps=1, sgd=SGDConfig(lr=1e-9))
+    table = r.table
+    base = table.loc[0, "heldout_accuracy"]
+    accepted = table[table["n_pruned"] <= r.details["n_pruned"]]
+    assert (accepted["heldout_accuracy"] >= base).all()
+    if len(table) > len(accepted):
+        assert table.iloc[-1]["heldout_accuracy"] < base
+
+
+def test_fine_pruning_without_batch_norm_zeroes_the_convolution() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    r = repair.fine_prune(net, _data(), tolerance=100.0, steps=3, sgd=SGDConfig(lr=0.05))
+    assert r.details["layer"] == "2" and r.details["norm"] is None
+    pruned = r.details["pruned_channels"]
+    with torch.no_grad():
+        out = r.model[:3](_data().x)
+    assert len(pruned) == 5 and torch.all(out[:, pruned] == 0)
+    with pytest.raises(ValueError, match="not an nn.Conv2d"):
+        repair.fine_prune(net, _data(), layer="6")
+
+
+def test_select_t_rules() -> None:
+    table = pd.DataFrame({"t": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+                          "heldout_accuracy": [90, 89, 88.5, 87, 86, 85, 86.5, 87.9, 88.4, 88.9, 91]})
+    # within 2.6 points of the best (91): t in {0, 0.1, 0.2, 0.8, 0.9, 1}; farthest from the ends: 0.2 and 0.8
+    # (both at distance 0.2), the tie goes to the more accurate 0.2
+    assert repair.select_t(table, tolerance=2.6) == 0.2
+    assert repair.select_t(table, tolerance=2.0) == 0.1
+    assert repair.select_t(table, tolerance=6.0) == 0.5
+    assert repair.select_t(table, tolerance=0.0) == 1.0
+    assert repair.select_t(table, rule="best_interior", min_distance=0.1) == 0.1
+    assert repair.select_t(table, rule="best_interior", min_distance=0.25) == 0.7
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        repair.select_t(table, rule="peek_at_test")
+
+
+def test_path_repair_trains_on_bonafide_data_and_picks_t_on_a_held_out_slice() -> None:
+    from mcar_lib.train import accuracy
+
+    a, b, bona = _cnn(0).train(), _cnn(1), _data()
+    snap_a, snap_b = _snapshot(a), _snapshot(b)
+    ts = [0.0, 0.25, 0.5, 0.75, 1.0]
+    r = repair.path_repair(a, b, bona, steps=4, sgd=SGDConfig(lr=0.05), ts=ts, tolerance=100.0, seed=2)
+    assert _unchanged(a, snap_a) and _unchanged(b, snap_b)
+    assert list(r.table["t"]) == ts
+    assert r.t == 0.5  # a huge tolerance admits every candidate: the farthest from both ends wins
+    assert r.t == repair.select_t(r.table, tolerance=100.0)
+    rest, held = repair.split_off(bona, 0.2, seed=2)
+    assert len(r.bn_data) == len(rest) and torch.equal(r.bn_data.x, rest.x)
+    assert r.table.loc[0, "heldout_accuracy"] == pytest.approx(accuracy(a, [(held.x, held.y)]))
+    assert r.table.loc[4, "heldout_accuracy"] == pytest.approx(accuracy(b, [(held.x, held.y)]))
+    expected = r.curve.at(0.5, bn_data=rest)
+    with torch.no_grad():
+        assert torch.allclose(r.model(bona.x), expected(bona.x), atol=1e-5)
+    assert not r.model.training
+
+
+def test_path_repair_accepts_models_without_batch_norm_and_the_one_model_variant() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 64, 3))
+    tampered, tuned = repair.one_model_endpoints(net, _data(), steps=3, sgd=SGDConfig(lr=0.05))
+    r = repair.path_repair(tampered, tuned, _data(), steps=3, sgd=SGDConfig(lr=0.05), select="best_interior",
+                           min_distance=0.3, ts=[0.0, 0.3, 0.5, 0.7, 1.0])
+    assert r.t in (0.3, 0.5, 0.7)
+    interior = r.table[r.table["t"].between(0.3, 0.7)]
+    assert r.table.loc[r.table["t"] == r.t, "heldout_accuracy"].item() == interior["heldout_accuracy"].max()
