@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the text bar: no ipywidgets needed in notebooks
 
 from mcar_lib.repro import model_device
 
