@@ -15,14 +15,22 @@ PROFILES = ("cpu", "smoke", "paper")
 
 @dataclass(frozen=True)
 class CurvesSettings:
-    """Chapter 1, mode connectivity: endpoints and curve training."""
+    """Chapter 1, mode connectivity: endpoints (also used by ``models.trained``), curves, path evaluation."""
 
     endpoint_epochs: int = 3
     endpoint_lr: float = 0.05
+    endpoint_weight_decay: float = 5e-4
+    endpoint_schedule: str = "cosine"
+    n_bends: int = 1
     curve_epochs: int = 3
     curve_lr: float = 0.03
-    n_points: int = 21
-    grid_size: int = 11
+    curve_weight_decay: float = 5e-4
+    curve_schedule: str = "cosine"
+    n_bn_images: int = 2_000  # from the defender's bonafide pool, for batch-norm statistics along the path
+    n_points: int = 21  # values of t per path
+    grid_size: int = 11  # points per axis of the 2-D surface
+    plane_margin: float = 0.2
+    n_plane_test: int = 1_000  # test images per point of the 2-D surface
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,87 @@
+"""Architectures: shapes, parameter counts computed by hand, batch norm where expected, the cached trainer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mcar_lib import models, profiles
+from mcar_lib.data import LabeledImages, Splits
+
+
+def _conv(cin: int, cout: int, k: int = 3, bias: bool = True) -> int:
+    return cin * cout * k * k + (cout if bias else 0)
+
+
+def test_small_cnn_shapes_and_parameter_count() -> None:
+    w = 5
+    model = models.build("small_cnn", width=w)
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    expected = _conv(1, w, bias=False) + 2 * w + _conv(w, 2 * w, bias=False) + 2 * 2 * w + (2 * w * 7 * 7 + 1) * 10
+    assert models.count_parameters(model) == expected
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 2
+    rgb = models.build("small_cnn", in_channels=3, num_classes=4, width=2, image_size=8)
+    assert rgb(torch.rand(1, 3, 8, 8)).shape == (1, 4)
+
+
+def test_vgg16_is_garipovs_without_batch_norm() -> None:
+    model = models.build("vgg16")
+    layout = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    convs = sum(_conv(cin, cout) for cin, cout in zip([3] + layout[:-1], layout))
+    classifier = (512 * 512 + 512) * 2 + 512 * 10 + 10
+    assert models.count_parameters(model) == convs + classifier
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert sum(isinstance(m, nn.Dropout) for m in model.modules()) == 2
+    assert model.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_preresnet26_has_four_basic_blocks_per_stage() -> None:
+    model = models.build("preresnet26")
+    blocks = [m for m in model.modules() if isinstance(m, models.PreActBlock)]
+    assert len(blocks) == 12 and len(model.layer1) == len(model.layer2) == len(model.layer3) == 4
+    # by hand: stem, 3 stages of 4 blocks (bn-conv-bn-conv, 1x1 shortcut where the width changes), bn, fc
+    total = _conv(3, 16, bias=False)
+    cin = 16
+    for planes in (16, 32, 64):
+        for i in range(4):
+            total += 2 * cin + _conv(cin, planes, bias=False) + 2 * planes + _conv(planes, planes, bias=False)
+            if i == 0 and cin != planes:
+                total += _conv(cin, planes, k=1, bias=False)
+            cin = planes
+    total += 2 * 64 + 64 * 10 + 10
+    assert models.count_parameters(model) == total
+    assert model.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_last_conv_name_and_bad_input() -> None:
+    assert models.last_conv_name(models.build("small_cnn", width=2)) == "conv2"
+    assert models.last_conv_name(models.build("preresnet26")) == "layer3.3.conv2"
+    with pytest.raises(ValueError, match="no nn.Conv2d"):
+        models.last_conv_name(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="unknown architecture"):
+        models.build("resnet50")
+    with pytest.raises(TypeError, match="small_cnn"):
+        models.build("small_cnn", depth=3)
+    with pytest.raises(ValueError, match="width"):
+        models.build("small_cnn", width=0)
+
+
+def test_trained_is_cached_and_seed_dependent(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MCAR_CACHE_DIR", str(tmp_path))
+    gen = torch.Generator().manual_seed(0)
+    pool = LabeledImages(torch.rand(64, 1, 8, 8, generator=gen), torch.randint(0, 10, (64,), generator=gen))
+    splits = Splits(train=pool.subset(slice(0, 48)), bonafide=pool.subset(slice(48, 56)),
+                    test=pool.subset(slice(56, 64)), dataset="synthetic", seed=0)
+    cfg = profiles.get("smoke")
+    rng_before = torch.get_rng_state()
+    first = models.trained(cfg, splits, seed=1, device="cpu", show_progress=False)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is left alone
+    assert len(list((tmp_path / "checkpoints").glob("*.pt"))) == 1
+    again = models.trained(cfg, splits, seed=1, device="cpu", show_progress=False)
+    for (k, v), (k2, v2) in zip(first.state_dict().items(), again.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    assert len(list((tmp_path / "checkpoints").glob("*.pt"))) == 1  # loaded, not retrained
+    other = models.trained(cfg, splits, seed=2, device="cpu", show_progress=False)
+    assert not torch.equal(other.conv1.weight, first.conv1.weight)
+    assert not first.training
