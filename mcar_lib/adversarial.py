@@ -19,7 +19,7 @@ from typing import Protocol
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mcar_lib.attacks import PGD, Attack, Model, fgsm_rs
+from mcar_lib.attacks import PGD, Attack, BNMode, Model, Norm, fgsm_rs
 from mcar_lib.train import History, LossFn, SGDConfig, fit
 
 
@@ -44,15 +44,21 @@ class RobustLoss:
         return self.loss_on(model, self.craft(model, x, y), y)
 
 
-def pgd_loss(eps: float, alpha: float | None = None, steps: int = 10, *, norm: str = "linf",
-             random_start: bool = True) -> RobustLoss:
-    """PGD adversarial training's loss (Madry et al. 2018): CE on PGD-``steps`` examples of budget ``eps``."""
-    return RobustLoss(PGD(eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=random_start))  # type: ignore[arg-type]
+def pgd_loss(eps: float, alpha: float | None = None, steps: int = 10, *, norm: Norm = "linf",
+             random_start: bool = True, bn: BNMode = "eval") -> RobustLoss:
+    """PGD adversarial training's loss (Madry et al. 2018): CE on PGD-``steps`` examples of budget ``eps``.
+
+    ``bn="eval"`` crafts against the model's running statistics (Madry et al.; the default for training a
+    network). For adversarial *curve* training of a batch-norm network use ``bn="batch"``: an interior point
+    of the curve has no running statistics yet, so the attack uses the batch statistics the training forward
+    uses (nothing is updated either way).
+    """
+    return RobustLoss(PGD(eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=random_start, bn=bn))
 
 
-def fgsm_rs_loss(eps: float, alpha: float | None = None) -> RobustLoss:
+def fgsm_rs_loss(eps: float, alpha: float | None = None, *, bn: BNMode = "eval") -> RobustLoss:
     """"Fast is better than free" (Wong et al. 2020): CE on FGSM examples from a random start, ``alpha=1.25·eps``."""
-    return RobustLoss(fgsm_rs(eps, alpha))
+    return RobustLoss(fgsm_rs(eps, alpha, bn=bn))
 
 
 class LossWrapper(Protocol):

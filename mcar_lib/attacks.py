@@ -24,12 +24,15 @@ from typing import Literal, Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from mcar_lib.repro import model_device
 from mcar_lib.train import evaluation_mode
 
 Model = Callable[[Tensor], Tensor]
 Norm = Literal["linf", "l2"]
+BNMode = Literal["eval", "batch"]
+BN_MODES = ("eval", "batch")
 Batches = Iterable[tuple[Tensor, Tensor]]
 NORMS = ("linf", "l2")
 
@@ -47,16 +50,46 @@ def _device_of(model: Model, fallback: torch.device) -> torch.device:
 
 
 @contextlib.contextmanager
-def attack_mode(model: Model) -> Iterator[Model]:
-    """Eval mode for the block (BN uses its running statistics and updates nothing); caller's modes restored.
+def attack_mode(model: Model, bn: BNMode = "eval") -> Iterator[Model]:
+    """The mode an attack runs in, for the block; every flag the caller had is restored afterwards.
 
-    Plain callables (not ``nn.Module``) are used as they are: whoever wrote them decides their mode.
+    ``bn="eval"``: the whole model in eval mode (batch norm uses its running statistics; nothing is updated).
+    ``bn="batch"``: batch norm normalises with each batch's own statistics, still without updating any running
+    average; everything else in eval mode. That is the network a train-mode step actually computes, and the
+    only choice for a point of a curve during curve training (an interior point has no running statistics
+    yet; ``curve.point(t)`` in train mode writes its batch statistics to throw-away buffers).
+    Plain callables (not ``nn.Module``) are used as they are.
     """
-    if isinstance(model, nn.Module):
-        with evaluation_mode(model):
-            yield model
-    else:
+    if bn not in BN_MODES:
+        raise ValueError(f"unknown bn mode {bn!r}; choose 'eval' (running statistics) or 'batch' (batch "
+                         "statistics, nothing updated)")
+    if not isinstance(model, nn.Module):
         yield model
+        return
+    with evaluation_mode(model):
+        if bn == "eval":
+            yield model
+            return
+        if _is_curve_point(model):
+            model.train()  # its forward writes BN statistics to the curve's scratch buffers only
+            yield model
+            return
+        layers = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+        tracking = [m.track_running_stats for m in layers]
+        for m in layers:  # train mode without tracking: batch statistics, no running-average update
+            m.train()
+            m.track_running_stats = False
+        try:
+            yield model
+        finally:
+            for m, flag in zip(layers, tracking):
+                m.track_running_stats = flag
+
+
+def _is_curve_point(model: nn.Module) -> bool:
+    from mcar_lib import curves  # imported lazily: curves does not depend on attacks
+
+    return isinstance(model, curves.CurvePoint)
 
 
 def _check_budget(eps: float, norm: str) -> None:
@@ -123,14 +156,16 @@ def _input_gradient(model: Model, x: Tensor, y: Tensor) -> Tensor:
 
 def pgd(model: Model, x: Tensor, y: Tensor, *, eps: float, alpha: float | None = None, steps: int = 10,
         norm: Norm = "linf", random_start: bool = True, restarts: int = 1,
-        generator: torch.Generator | None = None) -> Tensor:
+        bn: BNMode = "eval", generator: torch.Generator | None = None) -> Tensor:
     """Projected gradient ascent on the cross-entropy inside the ``norm`` ball of radius ``eps`` (Madry et al.).
 
     Each step moves by ``alpha`` (default ``2.5·eps/steps``) along the sign of the input gradient (l∞) or the
     normalised gradient (l2), then projects back onto the ball and onto [0, 1]. ``random_start`` begins at a
     uniform point of the ball; with ``restarts > 1`` the attack is repeated from fresh starts and, per sample,
     the strongest result is kept (a misclassified one first, then the highest loss). The loss is *summed* over
-    the batch, so the step does not depend on the batch size. Returns ``x_adv`` (detached, on ``x``'s device).
+    the batch, so the step does not depend on the batch size. ``bn`` chooses the batch-norm behaviour during the
+    attack (see :func:`attack_mode`; running statistics are never updated). Returns ``x_adv`` (detached, on
+    ``x``'s device).
     """
     _check_budget(eps, norm)
     _check_images(x, y)
@@ -146,7 +181,7 @@ def pgd(model: Model, x: Tensor, y: Tensor, *, eps: float, alpha: float | None =
     x0, y0 = x.detach().to(device), y.to(device)
     best: Tensor | None = None
     best_key: tuple[Tensor, Tensor] | None = None
-    with attack_mode(model):
+    with attack_mode(model, bn):
         for _ in range(restarts):
             delta = _uniform_noise(x0, eps, norm, generator) if random_start else torch.zeros_like(x0)
             x_adv = (x0 + delta).clamp(0.0, 1.0)
@@ -200,16 +235,19 @@ class PGD:
     norm: Norm = "linf"
     random_start: bool = True
     restarts: int = 1
+    bn: BNMode = "eval"
 
     def __post_init__(self) -> None:
         _check_budget(self.eps, self.norm)
+        if self.bn not in BN_MODES:
+            raise ValueError(f"unknown bn mode {self.bn!r}; choose 'eval' or 'batch'")
         if self.steps < 0 or self.restarts < 1:
             raise ValueError(f"PGD needs steps >= 0 and restarts >= 1, got steps={self.steps}, "
                              f"restarts={self.restarts}")
 
     def __call__(self, model: Model, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         return pgd(model, x, y, eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm,
-                   random_start=self.random_start, restarts=self.restarts, generator=generator)
+                   random_start=self.random_start, restarts=self.restarts, bn=self.bn, generator=generator)
 
     @property
     def step_size(self) -> float:
@@ -217,9 +255,9 @@ class PGD:
         return self.alpha if self.alpha is not None else 2.5 * self.eps / max(self.steps, 1)
 
 
-def fgsm_rs(eps: float, alpha: float | None = None, norm: Norm = "linf") -> PGD:
+def fgsm_rs(eps: float, alpha: float | None = None, norm: Norm = "linf", bn: BNMode = "eval") -> PGD:
     """FGSM with a random start (Wong et al. 2020): a uniform start, then one step of ``alpha = 1.25·eps``."""
-    return PGD(eps=eps, alpha=1.25 * eps if alpha is None else alpha, steps=1, norm=norm, random_start=True)
+    return PGD(eps=eps, alpha=1.25 * eps if alpha is None else alpha, steps=1, norm=norm, random_start=True, bn=bn)
 
 
 # --------------------------------------------------------------------------------------------- ensembles

@@ -127,3 +127,30 @@ def test_fit_adversarial_accepts_a_bare_attack_and_matches_the_loss_factory() ->
 def test_bad_budget_is_reported() -> None:
     with pytest.raises(ValueError, match="eps"):
         adversarial.pgd_loss(eps=float("nan"))
+
+
+def test_robust_loss_on_a_curve_point_uses_batch_statistics_and_trains_the_bends() -> None:
+    from mcar_lib import curves
+
+    a, b = tiny_cnn(0), tiny_cnn(1)
+    for net in (a, b):  # non-default running statistics
+        with torch.no_grad():
+            net.train()(torch.rand(32, 1, 8, 8))
+        net.eval()
+    curve = curves.Curve.between(a, b, n_bends=1)
+    x, y = batch()
+    robust = pgd_loss(eps=0.1, alpha=0.04, steps=3, random_start=False, bn="batch")
+    point = curve.point(0.3)
+    point.train()
+    x_adv = robust.craft(point, x, y)
+    # the same network as a standalone module, attacked with batch statistics, gives the same examples
+    standalone = curve.at(0.3, [(torch.rand(16, 1, 8, 8), y)])
+    expected = pgd(standalone, x, y, eps=0.1, alpha=0.04, steps=3, random_start=False, bn="batch")
+    torch.testing.assert_close(x_adv, expected)
+    assert point.training
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    trained, history = curves.fit_curve(curve, [(x, y)], steps=2, loss_fn=robust, show_progress=False)
+    assert not torch.equal(trained.bends, curve.bends)
+    assert torch.equal(trained.start, curve.start) and torch.equal(trained.end, curve.end)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, before[k]), k

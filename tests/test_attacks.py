@@ -229,3 +229,30 @@ def test_clear_errors() -> None:
         pgd(model, x, y, eps=0.1, restarts=0)
     with pytest.raises(ValueError, match="empty"):
         robust_evaluate(model, [], PGD(eps=0.1))
+
+
+def test_batch_statistics_mode_matches_a_reference_and_updates_nothing() -> None:
+    """bn="batch": BN normalises with the batch's statistics (dropout off), running averages untouched."""
+    model = trained_bn().double()
+    model.train()
+    modes, state, _ = snapshot(model)
+    x, y = batch()
+    x = x.double()
+    ours = pgd(model, x, y, eps=0.1, alpha=0.03, steps=4, random_start=False, bn="batch")
+    ref_net = copy.deepcopy(model).eval()
+    for m in ref_net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.train()  # the copy's running averages change; the model under attack must not
+    ref = reference_pgd(model, x, y, eps=0.1, alpha=0.03, steps=4, norm="linf")  # eval-mode reference
+    ref_batch = x.clone()
+    for _ in range(4):
+        ref_batch = ref_batch.detach().requires_grad_(True)
+        F.cross_entropy(ref_net(ref_batch), y, reduction="sum").backward()
+        ref_batch = torch.max(torch.min(ref_batch + 0.03 * ref_batch.grad.sign(), x + 0.1), x - 0.1).clamp(0, 1)
+    torch.testing.assert_close(ours, ref_batch.detach(), atol=1e-10, rtol=0)
+    assert not torch.equal(ours, ref)  # batch statistics really were used
+    after_modes, after_state, _ = snapshot(model)
+    assert after_modes == modes
+    for key, value in state.items():
+        assert torch.equal(after_state[key], value), key
+    assert all(m.track_running_stats for m in model.modules() if isinstance(m, nn.BatchNorm2d))
