@@ -270,7 +270,15 @@ class Curve(nn.Module):
     # ---------------------------------------------------------------------------------- weights at t
     def coefficients(self, t: float | Tensor) -> Tensor:
         """The weight of each control point (a, bends..., b) at ``t``: shape ``(n_bends + 2,)``, sums to 1."""
-        return COEFFICIENTS[self.kind](check_t(t), self.n_bends, dtype=self.start.dtype, device=self.start.device)
+        return torch.tensor(self._coefficient_list(check_t(t)), dtype=self.start.dtype, device=self.start.device)
+
+    def _coefficient_list(self, t: float) -> list[float]:
+        """The coefficients as Python floats (no tensor work: this runs on every forward pass)."""
+        n = self.n_bends
+        if self.kind == "bezier":
+            m = n + 1
+            return [math.comb(m, k) * t**k * (1.0 - t) ** (m - k) for k in range(m + 1)]
+        return [max(0.0, 1.0 - abs(t * (n + 1) - k)) for k in range(n + 2)]
 
     def control_points(self) -> Tensor:
         """The control points as rows of a ``(n_bends + 2, D)`` matrix (a, bends..., b), detached."""
@@ -279,10 +287,12 @@ class Curve(nn.Module):
     def flat_weights_at(self, t: float | Tensor) -> Tensor:
         """:math:`w(t)` as one flat vector (parameters in ``named_parameters`` order), differentiable w.r.t.
         the bends. At t = 0 and t = 1 it equals the endpoint exactly."""
-        c = self.coefficients(t)
-        w = c[0] * self.start + c[-1] * self.end
-        if self.n_bends:
-            w = w + c[1:-1] @ self.bends
+        c = self._coefficient_list(check_t(t))
+        w = torch.add(self.start * c[0], self.end, alpha=c[-1])
+        if self.n_bends == 1:
+            w = w + c[1] * self.bends[0]
+        elif self.n_bends > 1:
+            w = torch.addmv(w, self.bends.t(), torch.tensor(c[1:-1], dtype=w.dtype, device=w.device))
         return w
 
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
