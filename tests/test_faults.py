@@ -1,0 +1,215 @@
+"""Tests for mcar_lib.faults: fault sneaking by parameter name and float32 bit flips."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mcar_lib import faults
+from mcar_lib.data import LabeledImages
+
+
+class Tiny(nn.Module):
+    """Conv + BN + linear head: small enough to be instant, with BN buffers that must stay untouched."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 4 * 4, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.conv(x)))
+        return self.fc(nn.functional.avg_pool2d(h, 2).flatten(1))
+
+
+def make_problem(seed: int = 0, n: int = 60, classes: int = 3) -> tuple[Tiny, LabeledImages]:
+    """A random network and images labelled by that network itself, so every image starts correct."""
+    torch.manual_seed(seed)
+    model = Tiny(classes)
+    model.bn.running_mean.uniform_(-0.1, 0.1)  # non-default statistics, to notice any change
+    model.bn.running_var.uniform_(0.5, 1.5)
+    model.eval()
+    x = torch.rand(n, 1, 8, 8) ** 3  # sparse bright pixels: images that differ in feature space
+    with torch.no_grad():
+        model.fc.weight /= model(x).std()  # logits of order 1, like a trained network's
+        model.fc.bias -= model(x).mean(0)  # centre the logits so that every class occurs
+        y = model(x).argmax(1)
+    return model, LabeledImages(x, y)
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------------- targets
+
+def test_pick_targets_is_seeded_disjoint_and_wrong() -> None:
+    model, data = make_problem()
+    a = faults.pick_targets(model, data, n_sneak=3, n_keep=20, num_classes=3, seed=5)
+    b = faults.pick_targets(model, data, n_sneak=3, n_keep=20, num_classes=3, seed=5)
+    assert torch.equal(a.x, b.x) and torch.equal(a.target_labels, b.target_labels)
+    assert bool((a.target_labels != a.true_labels).all())
+    assert bool(((a.target_labels >= 0) & (a.target_labels < 3)).all())
+    # S and the keep-set are different images of the data set
+    rows = {tuple(r.flatten().tolist()) for r in a.keep.x}
+    assert not any(tuple(r.flatten().tolist()) in rows for r in a.x)
+    assert len(a.keep) == 20
+
+
+def test_pick_targets_uses_only_images_every_model_gets_right() -> None:
+    model, data = make_problem()
+    common = int(data.y.mode().values)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.fc.bias[common] += 100.0  # the other model now answers `common` for everything
+    t = faults.pick_targets([model, other], data, n_sneak=2, n_keep=3, num_classes=3, seed=0)
+    assert bool((t.true_labels == common).all()) and bool((t.keep.y == common).all())
+    with pytest.raises(ValueError, match="fewer than"):
+        faults.pick_targets([model, other], data, n_sneak=2, n_keep=len(data), num_classes=3)
+
+
+def test_margin_loss_matches_a_plain_loop() -> None:
+    torch.manual_seed(1)
+    logits, labels = torch.randn(7, 5), torch.randint(0, 5, (7,))
+    expected = []
+    for z, y in zip(logits.tolist(), labels.tolist()):
+        best_other = max(v for j, v in enumerate(z) if j != y)
+        expected.append(max(0.0, best_other - z[y] + 0.5))
+    assert torch.allclose(faults.margin_loss(logits, labels, kappa=0.5), torch.tensor(expected))
+
+
+# ------------------------------------------------------------------------------------------- sneaking
+
+def test_sneak_edits_only_the_named_parameter_and_reaches_full_success() -> None:
+    model, data = make_problem()
+    targets = faults.pick_targets(model, data, n_sneak=2, n_keep=40, num_classes=3, seed=0)
+    before = snapshot(model)
+    model.train()  # the caller's mode must survive, and BN statistics must not move
+    new, report = faults.sneak(model, targets, param_names=["fc.weight"], steps=600, lr=0.05)
+    assert model.training and model.bn.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"input model changed: {k}"
+    after = new.state_dict()
+    for k, v in before.items():
+        if k != "fc.weight":
+            assert torch.equal(after[k], v), f"unselected tensor {k} changed"
+    assert not torch.equal(after["fc.weight"], before["fc.weight"])
+    assert report.success == 100.0
+    assert faults.sneak_success(new, targets) == 100.0
+    assert report.keep_accuracy >= 95.0
+    assert report.param_names == ("fc.weight",)
+    delta = (after["fc.weight"] - before["fc.weight"]).double()
+    assert report.l2_norm == pytest.approx(float(delta.norm()), rel=1e-6)
+    assert report.n_modified == int((delta != 0).sum())
+    assert report.n_selected == before["fc.weight"].numel()
+
+
+def test_same_targets_go_into_two_models() -> None:
+    model_a, data = make_problem(seed=0)
+    model_b = copy.deepcopy(model_a)
+    with torch.no_grad():
+        for p in model_b.parameters():
+            p.mul_(1.05)  # a second, slightly different endpoint
+    targets = faults.pick_targets([model_a, model_b], data, n_sneak=2, n_keep=20, num_classes=3, seed=3)
+    saved = (targets.x.clone(), targets.target_labels.clone(), targets.keep.x.clone())
+    for m in (model_a, model_b):
+        _, report = faults.sneak(m, targets, param_names=["fc.weight", "fc.bias"], steps=600, lr=0.05)
+        assert report.success == 100.0
+    assert torch.equal(saved[0], targets.x) and torch.equal(saved[1], targets.target_labels)
+    assert torch.equal(saved[2], targets.keep.x)
+
+
+def test_l1_penalty_leaves_many_weights_exactly_unchanged() -> None:
+    model, data = make_problem()
+    targets = faults.pick_targets(model, data, n_sneak=1, n_keep=20, num_classes=3, seed=1)
+    new, report = faults.sneak(model, targets, param_names=["fc.weight"], steps=300, lr=0.05,
+                               optimizer="gd", penalty="l1", penalty_weight=0.5)
+    counted = faults.weight_change(model, new, ["fc.weight"])
+    assert report.n_modified == counted.n_modified < counted.n_total
+
+
+def test_unknown_parameter_name_is_a_clear_error() -> None:
+    model, data = make_problem()
+    targets = faults.pick_targets(model, data, n_sneak=1, n_keep=5, num_classes=3)
+    with pytest.raises(KeyError, match=r"fc\.weights.*Did you mean.*'fc\.weight'"):
+        faults.sneak(model, targets, param_names=["fc.weights"], steps=1)
+    with pytest.raises(TypeError, match="list of parameter names"):
+        faults.sneak(model, targets, param_names="fc.weight", steps=1)  # type: ignore[arg-type]
+
+
+def test_bad_sneak_settings_are_rejected() -> None:
+    model, data = make_problem()
+    targets = faults.pick_targets(model, data, n_sneak=1, n_keep=5, num_classes=3)
+    with pytest.raises(ValueError, match="penalty_weight"):
+        faults.sneak(model, targets, param_names=["fc.bias"], penalty="l2")
+    with pytest.raises(ValueError, match="target label equals the true label"):
+        faults.SneakTargets(targets.x, targets.true_labels, targets.true_labels, targets.keep)
+
+
+# ------------------------------------------------------------------------------------------- bit flips
+
+def test_bit_30_of_one_blows_up_and_flipping_back_restores() -> None:
+    t = torch.tensor([1.0, 0.5, -2.0])
+    flipped = faults.flip_bits(t, [0, 1], 30)
+    assert torch.equal(t, torch.tensor([1.0, 0.5, -2.0]))  # pure
+    assert flipped[0].abs() > 1e38 and flipped[1].abs() > 1e38  # 1.0 → inf, 0.5 → 2^127
+    assert flipped[2] == -2.0
+    assert torch.equal(faults.flip_bits(flipped, [0, 1], 30), t)
+
+
+def test_flip_bits_matches_numpy_for_every_bit() -> None:
+    torch.manual_seed(0)
+    values = torch.randn(3, 11)
+    for bit in range(32):
+        idx = torch.tensor([0, 5, 32])
+        got = faults.flip_bits(values, idx, bit)
+        words = values.numpy().copy().reshape(-1).view(np.uint32)
+        words[idx.numpy()] ^= np.uint32(1 << bit)
+        expected = torch.from_numpy(words.view(np.float32).reshape(3, 11))
+        assert torch.equal(got.view(torch.int32), expected.view(torch.int32)), f"bit {bit}"
+
+
+def test_flip_bits_rejects_bad_input() -> None:
+    with pytest.raises(TypeError, match="float32"):
+        faults.flip_bits(torch.ones(3, dtype=torch.float64), [0], 3)
+    with pytest.raises(ValueError, match="0..31"):
+        faults.flip_bits(torch.ones(3), [0], 32)
+    with pytest.raises(IndexError, match="flat indices"):
+        faults.flip_bits(torch.ones(3), [3], 1)
+    with pytest.raises(ValueError, match="repeat"):
+        faults.flip_bits(torch.ones(3), [1, 1], 1)
+
+
+def test_flip_bits_in_touches_only_named_entries() -> None:
+    model, _ = make_problem()
+    before = snapshot(model)
+    new = faults.flip_bits_in(model, {"conv.weight": (torch.tensor([0, 7]), 30), "bn.running_var": ([2], 31)})
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    after = new.state_dict()
+    for k in before:
+        if k not in ("conv.weight", "bn.running_var"):
+            assert torch.equal(after[k], before[k])
+    diff = (after["conv.weight"] != before["conv.weight"]).flatten()
+    assert torch.nonzero(diff).flatten().tolist() == [0, 7]
+    assert after["bn.running_var"][2] == -before["bn.running_var"][2]
+    with pytest.raises(KeyError, match="conv.weight"):
+        faults.flip_bits_in(model, {"conv.wieght": ([0], 30)})
+
+
+def test_random_flips_are_reproducible_and_counted() -> None:
+    model, _ = make_problem()
+    a = faults.random_flips(model, 25, bits=(23, 30), generator=torch.Generator().manual_seed(4))
+    b = faults.random_flips(model, 25, bits=(23, 30), generator=torch.Generator().manual_seed(4))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k][0], b[k][0]) and torch.equal(a[k][1], b[k][1]) for k in a)
+    assert sum(len(idx) for idx, _ in a.values()) == 25
+    new = faults.flip_bits_in(model, a)
+    assert faults.weight_change(model, new).n_modified == 25
+    only_fc = faults.random_flips(model, 2, param_names=["fc.bias"], generator=torch.Generator().manual_seed(0))
+    assert list(only_fc) == ["fc.bias"]
