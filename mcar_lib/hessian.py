@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,8 @@ __all__ = [
     "input_hessian_eig",
     "input_lambda_max",
     "input_lambda_max_loop",
+    "input_lambda_max_gauss_newton",
+    "input_gradient",
     "mean_input_lambda_max",
     "compare_batched_and_loop",
     "slot_averaged_lambda_max",
@@ -277,8 +280,10 @@ def power_iteration(matvec: Matvec | BlockMatvec, v0: Tensor, *, iters: int = 10
                     per_sample: bool = False) -> EigResult:
     """The eigenvalue of largest **magnitude** of a symmetric operator, by power iteration.
 
-    Stops when the Rayleigh quotient changes by at most ``tol`` relative to its value (or after ``iters``
-    products). With ``per_sample=True`` the first dimension of ``v0`` is a batch of independent problems (a
+    Stops when the Rayleigh quotient's estimated remaining error is at most ``tol`` relative to its value, or
+    after ``iters`` products. The estimate assumes the geometric convergence of power iteration: with the
+    last two changes ``Δ_k`` and ``Δ_{k-1}`` and their ratio ``ρ < 1`` it is ``Δ_k / (1 − ρ)`` (a plain
+    "change below tol" test stops far too early when the top two eigenvalues are close). With ``per_sample=True`` the first dimension of ``v0`` is a batch of independent problems (a
     block-diagonal operator): each block is normalised, tested and stopped on its own, and ``matvec`` is
     called as ``matvec(v, rows)`` with the stacked vectors of the samples still iterating and their indices
     ``rows`` into the batch; converged samples are not passed again and keep their value and vector.
@@ -302,6 +307,7 @@ def power_iteration(matvec: Matvec | BlockMatvec, v0: Tensor, *, iters: int = 10
     value = torch.full((n,), float("nan"), dtype=v0.dtype, device=v0.device)
     iterations = torch.zeros(n, dtype=torch.long, device=v0.device)
     converged = torch.zeros(n, dtype=torch.bool, device=v0.device)
+    last_change = torch.full((n,), float("inf"), dtype=v0.dtype, device=v0.device)
     for step in range(iters):
         rows = (~converged).nonzero().squeeze(1)
         if len(rows) == 0:
@@ -314,8 +320,13 @@ def power_iteration(matvec: Matvec | BlockMatvec, v0: Tensor, *, iters: int = 10
         size = _block_norm(hv)
         zero = size == 0
         rayleigh = torch.where(zero, torch.zeros_like(rayleigh), rayleigh)
-        previous = value[rows]
-        done = zero | ((rayleigh - previous).abs() <= tol * rayleigh.abs()) if step > 0 else zero
+        change = (rayleigh - value[rows]).abs() if step > 0 else torch.full_like(rayleigh, float("inf"))
+        # remaining error of a geometric sequence with ratio ρ = Δ_k / Δ_{k-1}: Δ_k ρ / (1 - ρ) ≤ Δ_k / (1 - ρ)
+        ratio = change / last_change[rows]
+        remaining = torch.where(ratio < 1, change / (1 - ratio).clamp_min(1e-12), torch.full_like(change,
+                                                                                                float("inf")))
+        done = zero | (change == 0) | (remaining <= tol * rayleigh.abs())
+        last_change[rows] = change
         value[rows] = rayleigh
         iterations[rows] += 1
         converged[rows] = done
@@ -492,12 +503,78 @@ def compare_batched_and_loop(model: nn.Module, x: Tensor, y: Tensor, *, iters: i
     }
 
 
+def input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """Each sample's input gradient ``∇ₓ ℓ(f(xᵢ), yᵢ)`` (of the summed loss, in eval mode): the first-order term."""
+    x, y = _prepare_inputs(model, x, y)
+    with evaluation_mode(model), torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)
+    return grad.detach()
+
+
+def input_lambda_max_gauss_newton(model: nn.Module, x: Tensor, y: Tensor, *, check: bool = True) -> Tensor:
+    """Exact per-sample input-Hessian λ_max for networks whose logits are **piecewise linear** in the input.
+
+    With logits ``z = f(x)`` and ``A = diag(p) − p pᵀ`` (the Hessian of the cross-entropy w.r.t. the logits,
+    ``p`` the softmax), the input Hessian is ``Jᵀ A J + Σ_k (p_k − [k = y]) ∇²z_k``. For ReLU / max-pool /
+    eval-mode batch-norm / linear networks every ``∇²z_k`` is zero (wherever the Hessian exists), so
+    ``H = Jᵀ A J`` has rank at most ``C − 1`` and its top eigenvalue is the one of the ``C × C`` matrix
+    ``A^½ J Jᵀ A^½``. That costs one forward and ``C`` backward passes instead of tens of Hessian-vector
+    products, and is exact. Note that it does not depend on the label.
+
+    With ``check=True`` one Hessian-vector product with a random vector is compared with ``Jᵀ A J v``; a
+    model with smooth activations (tanh, GELU, softplus, ...) fails the check with a ``ValueError``: use
+    :func:`input_lambda_max` there.
+    """
+    x, y = _prepare_inputs(model, x, y)
+    with evaluation_mode(model), torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        logits = model(xg)
+        if logits.ndim != 2:
+            raise ValueError(f"the model must return logits of shape N×C, got {tuple(logits.shape)}")
+        classes = logits.shape[1]
+        rows = []
+        for k in range(classes):  # sample i's row k of its Jacobian: the gradient of Σ_i z_ik
+            (g,) = torch.autograd.grad(logits[:, k].sum(), xg, retain_graph=k < classes - 1)
+            rows.append(g.flatten(1))
+    jac = torch.stack(rows, dim=1).detach()  # B × C × d
+    p = torch.softmax(logits.detach().double(), dim=1)
+    a = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    evals, evecs = torch.linalg.eigh(a)
+    root = evecs @ torch.diag_embed(evals.clamp_min(0).sqrt()) @ evecs.transpose(1, 2)
+    gram = (jac @ jac.transpose(1, 2)).double()
+    lam = torch.linalg.eigvalsh(root @ gram @ root)[:, -1]
+    if check:
+        v = _random_like(x, seed=12345)
+        with evaluation_mode(model):
+            hv = _InputHessian(model, x, y)(v, torch.arange(len(x), device=x.device)).flatten(1).double()
+        jv = (jac.double() @ v.flatten(1).double()[:, :, None])
+        gn = (jac.double().transpose(1, 2) @ (a @ jv)).squeeze(2)
+        scale = max(float(gn.norm()), float(hv.norm()))
+        error = float((hv - gn).norm()) / scale if scale > 1e-12 else 0.0  # both zero: saturated softmax
+        limit = 1e-3 if x.dtype != torch.float64 else 1e-8
+        if error > limit:
+            raise ValueError(f"the input Hessian is not Jᵀ A J (relative difference {error:.1e}): the model is not "
+                             "piecewise linear in its input (smooth activations?); use input_lambda_max instead")
+    return lam.to(x.dtype)
+
+
 def mean_input_lambda_max(model: nn.Module, data: LabeledImages | Batches, *, batch_size: int = 256,
-                          iters: int = 100, tol: float = 1e-4, seed: int = 0) -> float:
-    """The mean over ``data`` of each sample's input-Hessian λ_max: a path metric (curvature at a point t)."""
+                          iters: int = 100, tol: float = 1e-4, seed: int = 0,
+                          method: Literal["power", "gauss_newton"] = "power") -> float:
+    """The mean over ``data`` of each sample's input-Hessian λ_max: a path metric (curvature at a point t).
+
+    ``method="power"`` (any model) runs the batched power iteration; ``"gauss_newton"`` the exact and much
+    cheaper computation for piecewise-linear (ReLU) networks, :func:`input_lambda_max_gauss_newton`.
+    """
+    if method not in ("power", "gauss_newton"):
+        raise ValueError(f"unknown method {method!r}; choose 'power' or 'gauss_newton'")
     total, count = 0.0, 0
     for i, (x, y) in enumerate(_as_batch_list(data, batch_size)):
-        values = input_lambda_max(model, x, y, iters=iters, tol=tol, seed=seed + i)
+        if method == "power":
+            values = input_lambda_max(model, x, y, iters=iters, tol=tol, seed=seed + i)
+        else:
+            values = input_lambda_max_gauss_newton(model, x, y, check=i == 0)
         total += float(values.double().sum())
         count += len(values)
     return total / count

@@ -300,7 +300,33 @@ def test_nothing_changes_the_model():
     hessian.weight_hvp(model, [(x, y)], {n: torch.ones_like(p) for n, p in model.named_parameters()})
     hessian.weight_lambda_max(model, [(x, y)], iters=5)
     hessian.slot_averaged_lambda_max(model, [(x, y)], iters=5)
+    hessian.input_lambda_max_gauss_newton(model, x, y)
+    hessian.input_gradient(model, x, y)
     assert [m.training for m in model.modules()] == modes
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
     assert all(p.grad is None for p in model.parameters())
+
+
+# ------------------------------------------------------------------------ Gauss-Newton shortcut (ReLU)
+
+
+def test_gauss_newton_lambda_max_is_exact_for_relu_networks_and_refuses_smooth_ones():
+    model = tiny_cnn(nn.ReLU, seed=1)
+    x, y = batch(5)
+    dense = torch.linalg.eigvalsh(dense_input_hessians(model, x, y)).max(1).values
+    torch.testing.assert_close(hessian.input_lambda_max_gauss_newton(model, x, y), dense, rtol=1e-9, atol=1e-14)
+    mean = hessian.mean_input_lambda_max(model, [(x, y)], method="gauss_newton")
+    assert abs(mean - float(dense.mean())) <= 1e-9 * float(dense.mean())
+    with pytest.raises(ValueError, match="piecewise linear"):
+        hessian.input_lambda_max_gauss_newton(tiny_cnn(nn.Tanh, seed=1), x, y)
+
+
+def test_input_gradient_matches_per_sample_autograd():
+    model = tiny_cnn()
+    x, y = batch(3)
+    model.eval()
+    expected = torch.stack([
+        torch.autograd.functional.jacobian(lambda z: F.cross_entropy(model(z[None]), yi[None]), xi)
+        for xi, yi in zip(x, y)])
+    torch.testing.assert_close(hessian.input_gradient(model, x, y), expected, rtol=1e-10, atol=1e-14)
