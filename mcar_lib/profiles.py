@@ -56,9 +56,20 @@ class RobustnessSettings:
 
 @dataclass(frozen=True)
 class CurvatureSettings:
-    """Chapter 5, input-Hessian curvature."""
+    """Chapter 5, input-Hessian curvature along the robustness paths (models and paths from the ``rb`` section)."""
 
-    n_samples: int = 256
+    n_samples: int = 128  # clean test images (the first of those attacked in chapter 4) whose λ_max is averaged
+    batch_size: int = 128  # samples per batched eigen-solve
+    pairs: tuple[str, ...] = ("regular-adversarial", "regular-regular", "adversarial-adversarial")
+    # the batched power iteration, checked against the exact (Gauss-Newton) values at one model
+    n_power_check: int = 32  # samples
+    power_iters: int = 100  # at most this many Hessian-vector products per sample
+    power_tol: float = 1e-3  # estimated remaining relative error that stops a sample
+    # the reference code's batch-averaged estimate (HessianFlow settings)
+    reference_batch_size: int = 64
+    reference_batches: int = 2
+    reference_iters: int = 10
+    reference_tol: float = 1e-2
 
 
 @dataclass(frozen=True)
@@ -102,7 +113,7 @@ _SMOKE = replace(
     bd=BackdoorSettings(bonafide_sizes=(128, 32)),
     ei=FaultSettings(bonafide_sizes=(128,)),
     rb=RobustnessSettings(),
-    hs=CurvatureSettings(n_samples=8),
+    hs=CurvatureSettings(n_samples=8, batch_size=8, n_power_check=4, power_iters=10, reference_batch_size=4),
     awp=FlatnessSettings(),
 )
 
@@ -112,7 +123,8 @@ _PAPER = Profile(
     mc=CurvesSettings(endpoint_epochs=100, endpoint_lr=0.05, curve_epochs=100, curve_lr=0.01, n_points=31,
                       grid_size=21),
     rb=RobustnessSettings(eps=8 / 255),
-    hs=CurvatureSettings(n_samples=1000),
+    hs=CurvatureSettings(n_samples=1000, batch_size=200, n_power_check=200, power_tol=1e-4, reference_batch_size=200,
+                         reference_batches=50),
     awp=FlatnessSettings(gamma=0.01),
 )
 
