@@ -48,6 +48,9 @@ if __name__ == "__main__":
         print("\n".join(str(p.relative_to(ROOT)) for p in chapter_paths()))
     elif command == "run":
         result = run(*sys.argv[2:4])
-        print(json.dumps({"chapter_seconds": result, "total_seconds": sum(result.values())}, indent=1))
+        summary = json.dumps({"chapter_seconds": result, "total_seconds": sum(result.values())}, indent=1)
+        print(summary)
+        if os.environ.get("MCAR_TIMINGS_FILE"):
+            Path(os.environ["MCAR_TIMINGS_FILE"]).write_text(summary + "\n")
     else:
         sys.exit(f"unknown command {command!r}; use 'list' or 'run'")
