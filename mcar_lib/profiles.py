@@ -49,9 +49,30 @@ class FaultSettings:
 
 @dataclass(frozen=True)
 class RobustnessSettings:
-    """Chapter 4, evasion attacks and the robustness-loss barrier."""
+    """Chapter 4, evasion attacks and the robustness-loss barrier (shared with chapters 5 and 6 via recipes).
 
-    eps: float = 0.1
+    Regular endpoints come from ``models.trained`` (the ``mc`` section); the rest is set here.
+    """
+
+    eps: float = 0.1  # threat model: l∞ budget in pixel units
+    norm: str = "linf"
+    # adversarially trained endpoints
+    at_method: str = "pgd"  # "pgd" (Madry et al.) or "fgsm_rs" (Wong et al.)
+    at_steps: int = 5  # PGD steps per training example (ignored by fgsm_rs)
+    at_epochs: int = 3
+    at_lr: float = 0.05
+    # curves between the endpoints, trained on the training set
+    curve_kind: str = "bezier"
+    n_bends: int = 1
+    curve_steps: int = 1500
+    curve_lr: float = 0.03
+    robust_curve_steps: int = 1500
+    # evaluation along the paths
+    eval_steps: int = 10  # PGD-10
+    n_eval: int = 500  # test images attacked per point of the path
+    n_bn_images: int = 2_000  # defender's images for batch-norm statistics along the path
+    n_points: int = 11  # values of t per path
+    ensemble_size: int = 5  # models along the path averaged into an ensemble
 
 
 @dataclass(frozen=True)
@@ -112,7 +133,8 @@ _SMOKE = replace(
     mc=CurvesSettings(endpoint_epochs=1, curve_epochs=1, n_points=3, grid_size=3),
     bd=BackdoorSettings(bonafide_sizes=(128, 32)),
     ei=FaultSettings(bonafide_sizes=(128,)),
-    rb=RobustnessSettings(),
+    rb=RobustnessSettings(at_steps=2, at_epochs=1, curve_steps=8, robust_curve_steps=4,
+                          eval_steps=2, n_eval=64, n_bn_images=128, n_points=3, ensemble_size=2),
     hs=CurvatureSettings(n_samples=8, batch_size=8, n_power_check=4, power_iters=10, reference_batch_size=4),
     awp=FlatnessSettings(),
 )

@@ -1,0 +1,61 @@
+"""The shared robustness recipes: endpoints and curves come from the cache, keyed by everything they depend on."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from mcar_lib import profiles, recipes
+from mcar_lib.data import LabeledImages, Splits
+
+
+def synthetic_splits(seed: int = 0) -> Splits:
+    g = torch.Generator().manual_seed(seed)
+
+    def images(n: int) -> LabeledImages:
+        return LabeledImages(torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+    return Splits(train=images(128), bonafide=images(64), test=images(48), dataset="synthetic", seed=seed)
+
+
+def tiny_profile() -> profiles.Profile:
+    cfg = profiles.get("smoke")
+    return dataclasses.replace(
+        cfg, batch_size=64, eval_batch_size=64,
+        mc=dataclasses.replace(cfg.mc, endpoint_epochs=1),
+        rb=dataclasses.replace(cfg.rb, at_epochs=1, at_steps=1, curve_steps=2, robust_curve_steps=2,
+                               eval_steps=1, n_eval=16, n_bn_images=32, n_points=3))
+
+
+def test_curve_and_table_come_back_from_the_cache_with_the_pair_as_endpoints() -> None:
+    cfg, splits = tiny_profile(), synthetic_splits()
+    regular, robust = recipes.pair_endpoints(cfg, splits, "regular-adversarial", 0, device="cpu")
+    curve = recipes.robust_pair_curve(cfg, splits, "regular-adversarial", "robust", seed=0, device="cpu")
+    for t, model in ((0.0, regular), (1.0, robust)):
+        for key, value in model.state_dict().items():
+            torch.testing.assert_close(curve.at(t).state_dict()[key], value, msg=key)
+    again = recipes.robust_pair_curve(cfg, splits, "regular-adversarial", "robust", seed=0, device="cpu")
+    assert torch.equal(again.bends, curve.bends)
+    standard = recipes.robust_pair_curve(cfg, splits, "regular-adversarial", "standard", seed=0, device="cpu")
+    assert not torch.equal(standard.bends, curve.bends)  # another loss is another cache entry
+
+    table = recipes.path_table(cfg, splits, "regular-adversarial", "robust", seed=0, device="cpu")
+    assert list(table["t"]) == [0.0, 0.5, 1.0]
+    attacked = list(recipes.batches(recipes.eval_data(cfg, splits), cfg.eval_batch_size))
+    at_one = recipes.attacks.robust_evaluate(robust, attacked, recipes.eval_attack(cfg), seed=0)
+    assert table["robust_loss"].iloc[-1] == pytest.approx(at_one["loss"], rel=1e-5)
+    assert table["robust_accuracy"].iloc[-1] == pytest.approx(at_one["accuracy"])
+    clean = recipes.train.evaluate(regular, list(recipes.batches(splits.test, cfg.eval_batch_size)))
+    assert table["test_loss"].iloc[0] == pytest.approx(clean["loss"], rel=1e-5)
+
+
+def test_members_are_independent_and_names_are_checked() -> None:
+    cfg, splits = tiny_profile(), synthetic_splits()
+    a, b = recipes.pair_endpoints(cfg, splits, "regular-regular", 0, device="cpu")
+    assert recipes.fingerprint(a) != recipes.fingerprint(b)
+    with pytest.raises(ValueError, match="pair"):
+        recipes.robust_pair_curve(cfg, splits, "regular-robust", "standard")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="curve loss"):
+        recipes.curve_loss(cfg, "trades")  # type: ignore[arg-type]
