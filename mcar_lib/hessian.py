@@ -20,6 +20,10 @@ power iteration on the shifted operator ``H − μ I`` (its spectrum lies in ``[
 eigenvalue is ``λ_max − μ``) and add ``μ`` back. For ReLU networks the input Hessian of the cross-entropy is
 ``Jᵀ (diag p − p pᵀ) J`` (positive semi-definite), so the second pass almost never runs there.
 
+For piecewise-linear networks (ReLU, max-pool, eval-mode batch norm, linear layers) the input Hessian is
+exactly ``Jᵀ A J`` and :func:`input_lambda_max_gauss_newton` gets every sample's λ_max from the ``C × C``
+matrix ``A^½ J Jᵀ A^½``, without iterating.
+
 No function changes the model it is given: products are taken in eval mode (the caller's modes are restored),
 batch-norm buffers are only read, parameters' ``.grad`` are left alone.
 """
@@ -282,8 +286,11 @@ def power_iteration(matvec: Matvec | BlockMatvec, v0: Tensor, *, iters: int = 10
 
     Stops when the Rayleigh quotient's estimated remaining error is at most ``tol`` relative to its value, or
     after ``iters`` products. The estimate assumes the geometric convergence of power iteration: with the
-    last two changes ``Δ_k`` and ``Δ_{k-1}`` and their ratio ``ρ < 1`` it is ``Δ_k / (1 − ρ)`` (a plain
-    "change below tol" test stops far too early when the top two eigenvalues are close). With ``per_sample=True`` the first dimension of ``v0`` is a batch of independent problems (a
+    last two changes ``Δ_k`` and ``Δ_{k-1}`` and their ratio ``ρ < 1`` it is ``Δ_k / (1 − ρ)``. A plain
+    "change below tol" test stops far too early when the top two eigenvalues are close; this one is safer
+    but can still be fooled by a cluster of top eigenvalues (use :func:`lanczos` there).
+
+    With ``per_sample=True`` the first dimension of ``v0`` is a batch of independent problems (a
     block-diagonal operator): each block is normalised, tested and stopped on its own, and ``matvec`` is
     called as ``matvec(v, rows)`` with the stacked vectors of the samples still iterating and their indices
     ``rows`` into the batch; converged samples are not passed again and keep their value and vector.
