@@ -209,9 +209,10 @@ def _count(model: nn.Module, data: LabeledImages | Batches, trigger: Trigger | N
         for x, y in _iter(data, batch_size):
             x, y = x.to(device), y.to(device)
             c["n"] += len(y)
-            c["clean_correct"] += int((model(x).argmax(1) == y).sum())
+            clean_pred = model(x).argmax(1)
+            c["clean_correct"] += int((clean_pred == y).sum())
             is_target = y == target
-            c["target_clean_as_target"] += int((model(x[is_target]).argmax(1) == target).sum()) if is_target.any() else 0
+            c["target_clean_as_target"] += int((clean_pred[is_target] == target).sum())
             if trigger is None or (~is_target).sum() == 0:
                 continue
             xs, ys = trigger.apply(x[~is_target]), y[~is_target]

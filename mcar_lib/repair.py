@@ -350,6 +350,13 @@ def select_t(table: pd.DataFrame, *, rule: str = "farthest_within_tolerance", to
     return float(table.loc[best, "t"])
 
 
+def default_ts(n: int = 11) -> list[float]:
+    """``n`` evenly spaced t from 0 to 1, as exact decimals (0.1, not float32's 0.10000000149)."""
+    if n < 2:
+        raise ValueError(f"a grid of t needs at least the two endpoints, got n = {n}")
+    return [round(i / (n - 1), 12) for i in range(n)]
+
+
 def path_repair(a: nn.Module, b: nn.Module, bonafide: LabeledImages, *, kind: str = "bezier", n_bends: int = 1,
                 steps: int = 1000, sgd: SGDConfig = SGDConfig(lr=0.03, weight_decay=5e-4, schedule="cosine"),
                 batch_size: int = 128, holdout_fraction: float = 0.2, ts: Sequence[float] | None = None,
@@ -371,7 +378,7 @@ def path_repair(a: nn.Module, b: nn.Module, bonafide: LabeledImages, *, kind: st
     curve = curves.Curve.between(a, b, kind=kind, n_bends=n_bends)
     trained, history = curves.fit_curve(curve, StepBatches(rest, batch_size, steps, seed=seed), steps=steps,
                                         sgd=sgd, loss_fn=loss_fn, seed=seed, show_progress=False)
-    grid = [float(t) for t in (ts if ts is not None else torch.linspace(0, 1, 11).tolist())]
+    grid = [float(t) for t in (ts if ts is not None else default_ts(11))]
     rows = []
     for t in grid:
         m = trained.at(t, bn_data=rest)
