@@ -232,6 +232,36 @@ def path_table(cfg: Profile, splits: Splits, pair: Pair = "regular-adversarial",
     return pd.DataFrame({col: values.numpy() for col, values in columns.items()})
 
 
+def path_ensemble(cfg: Profile, splits: Splits, pair: Pair = "regular-adversarial", loss: CurveLoss = "standard", *,
+                  seed: int = 0, device: str | torch.device = "auto", show_progress: bool = False) -> pd.DataFrame:
+    """An ensemble of ``cfg.rb.ensemble_size`` networks evenly spaced along the curve, next to its members (cached).
+
+    One row per member (``t``) and a last row for the ensemble (``t`` is NaN): clean test loss and accuracy, and
+    robust loss and accuracy under the evaluation attack aimed at that very model: for the ensemble, a
+    white-box attack on the averaged prediction (:class:`mcar_lib.attacks.Ensemble`).
+    """
+    curve = robust_pair_curve(cfg, splits, pair, loss, seed=seed, device=device, show_progress=show_progress)
+    key = {"name": f"ensemble-{pair}-{loss}", "profile": cfg.name, "curve": fingerprint(curve),
+           "test": models.fingerprint(splits.test), "bn": models.fingerprint(bn_data(cfg, splits)),
+           "n_eval": cfg.rb.n_eval, "size": cfg.rb.ensemble_size, "attack": asdict(eval_attack(cfg)),
+           "eval_batch_size": cfg.eval_batch_size}
+
+    def compute() -> dict[str, torch.Tensor]:
+        if cfg.rb.ensemble_size < 2:
+            raise ValueError(f"an ensemble along the path needs ensemble_size >= 2, got {cfg.rb.ensemble_size}")
+        ts = torch.linspace(0.0, 1.0, cfg.rb.ensemble_size, dtype=torch.float64).tolist()
+        members = [curve.at(t, bn_data(cfg, splits)) for t in ts]
+        metrics = path_metrics(cfg, splits)
+        rows = [{name: fn(m) for name, fn in metrics.items()} for m in members]
+        rows.append({name: fn(attacks.Ensemble(members)) for name, fn in metrics.items()})
+        out = {"t": torch.tensor(ts + [float("nan")], dtype=torch.float64)}
+        out.update({name: torch.tensor([row[name] for row in rows], dtype=torch.float64) for name in metrics})
+        return out
+
+    columns = cache.cached_tensors(key, compute)
+    return pd.DataFrame({col: values.numpy() for col, values in columns.items()})
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 
 class _LastModel:

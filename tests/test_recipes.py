@@ -59,3 +59,16 @@ def test_members_are_independent_and_names_are_checked() -> None:
         recipes.robust_pair_curve(cfg, splits, "regular-robust", "standard")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="curve loss"):
         recipes.curve_loss(cfg, "trades")  # type: ignore[arg-type]
+
+
+def test_path_ensemble_rows_are_the_members_and_the_averaged_model() -> None:
+    cfg, splits = tiny_profile(), synthetic_splits()
+    table = recipes.path_ensemble(cfg, splits, "regular-adversarial", "standard", seed=0, device="cpu")
+    assert len(table) == cfg.rb.ensemble_size + 1
+    assert list(table["t"].iloc[:-1]) == [0.0, 1.0] and table["t"].isna().iloc[-1]
+    curve = recipes.robust_pair_curve(cfg, splits, "regular-adversarial", "standard", seed=0, device="cpu")
+    members = [curve.at(0.0), curve.at(1.0)]
+    test = list(recipes.batches(splits.test, cfg.eval_batch_size))
+    clean = recipes.train.evaluate(recipes.attacks.Ensemble(members), test)
+    assert table["test_accuracy"].iloc[-1] == pytest.approx(clean["accuracy"])
+    assert table["test_loss"].iloc[-1] == pytest.approx(clean["loss"], rel=1e-5)
