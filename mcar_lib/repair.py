@@ -145,13 +145,47 @@ def _heldout_accuracy(model: nn.Module, data: LabeledImages, batch_size: int) ->
 
 # ----------------------------------------------------------------------------------------------- baselines
 
+def fingerprint(obj: nn.Module | LabeledImages) -> str:
+    """A cheap summary of a model's weights or a data set, added to cache keys so that a changed endpoint
+    or bonafide set can never pick up a stale cache entry."""
+    if isinstance(obj, LabeledImages):
+        return f"{len(obj)}:{obj.x.double().sum().item():.10e}:{int(obj.y.sum())}"
+    total = sum(float(t.double().sum()) for t in obj.state_dict().values() if t.is_floating_point())
+    return f"{sum(p.numel() for p in obj.parameters())}:{total:.10e}"
+
+
+def _trained(cache_config: Mapping[str, Any] | None, extra: Mapping[str, Any], build: Callable[[], nn.Module],
+             train: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """``train(build())``, or the same through the checkpoint cache when ``cache_config`` is given."""
+    if cache_config is None:
+        return train(build())
+    from mcar_lib import cache
+
+    return cache.load_or_train({**cache_config, **extra}, build, train)
+
+
 def finetune(model: nn.Module, bonafide: LabeledImages, *, steps: int, sgd: SGDConfig = SGDConfig(lr=0.01),
              batch_size: int = 128, seed: int = 0, loss_fn: Callable[..., Tensor] = cross_entropy_loss,
-             name: str = "fine-tuning") -> RepairResult:
-    """Fine-tune a copy of ``model`` on the bonafide data for ``steps`` SGD steps."""
-    trained, history = fit(model, StepBatches(bonafide, batch_size, steps, seed=seed), epochs=1, sgd=sgd,
-                           loss_fn=loss_fn, show_progress=False)
-    return RepairResult(trained, name, details={"steps": steps, "train_loss": history.column("train_loss")[-1]})
+             name: str = "fine-tuning", cache_config: Mapping[str, Any] | None = None) -> RepairResult:
+    """Fine-tune a copy of ``model`` on the bonafide data for ``steps`` SGD steps.
+
+    With ``cache_config`` (the caller's description of the run: profile, seed, which model, ...) the result
+    goes through :func:`mcar_lib.cache.load_or_train`, keyed also by every hyper-parameter here and by
+    fingerprints of ``model`` and ``bonafide``.
+    """
+    losses: list[float] = []
+
+    def train_copy(net: nn.Module) -> nn.Module:
+        trained, history = fit(net, StepBatches(bonafide, batch_size, steps, seed=seed), epochs=1, sgd=sgd,
+                               loss_fn=loss_fn, show_progress=False)
+        losses.extend(history.column("train_loss"))
+        return trained
+
+    extra = {"method": name, "steps": steps, "sgd": sgd, "batch_size": batch_size, "seed": seed,
+             "start": fingerprint(model), "bonafide": fingerprint(bonafide)}
+    trained = _trained(cache_config, extra, lambda: copy.deepcopy(model), train_copy)
+    return RepairResult(trained.eval(), name,
+                        details={"steps": steps, "train_loss": losses[-1] if losses else float("nan")})
 
 
 def _fresh_copy(template: nn.Module, seed: int) -> nn.Module:
@@ -165,7 +199,8 @@ def _fresh_copy(template: nn.Module, seed: int) -> nn.Module:
 
 
 def train_from_scratch(template: nn.Module | Callable[[], nn.Module], bonafide: LabeledImages, *, steps: int,
-                       sgd: SGDConfig = SGDConfig(lr=0.05), batch_size: int = 128, seed: int = 0) -> RepairResult:
+                       sgd: SGDConfig = SGDConfig(lr=0.05), batch_size: int = 128, seed: int = 0,
+                       cache_config: Mapping[str, Any] | None = None) -> RepairResult:
     """Throw the tampered weights away: train a freshly initialised model on the bonafide data alone.
 
     ``template`` is either a model (copied, every layer re-initialised with a seeded ``reset_parameters``,
@@ -177,8 +212,8 @@ def train_from_scratch(template: nn.Module | Callable[[], nn.Module], bonafide: 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             fresh = template()
-    result = finetune(fresh, bonafide, steps=steps, sgd=sgd, batch_size=batch_size, seed=seed, name="from scratch")
-    return result
+    return finetune(fresh, bonafide, steps=steps, sgd=sgd, batch_size=batch_size, seed=seed, name="from scratch",
+                    cache_config=cache_config)
 
 
 @torch.no_grad()
@@ -269,7 +304,8 @@ def _zero_channels_(model: nn.Module, site: _PruneSite, channels: Tensor) -> Non
 
 def fine_prune(model: nn.Module, bonafide: LabeledImages, *, layer: str | None = None, tolerance: float = 4.0,
                prune_step: int = 1, holdout_fraction: float = 0.2, steps: int = 300,
-               sgd: SGDConfig = SGDConfig(lr=0.01), batch_size: int = 128, seed: int = 0) -> RepairResult:
+               sgd: SGDConfig = SGDConfig(lr=0.01), batch_size: int = 128, seed: int = 0,
+               cache_config: Mapping[str, Any] | None = None) -> RepairResult:
     """Fine-pruning (Liu et al. 2018) on a copy of ``model``.
 
     1. Rank the channels of ``layer`` (default: the last convolution) by their mean activation on bonafide
@@ -313,7 +349,7 @@ def fine_prune(model: nn.Module, bonafide: LabeledImages, *, layer: str | None =
         return cross_entropy_loss(m, x, y)
 
     tuned = finetune(net, rest, steps=steps, sgd=sgd, batch_size=batch_size, seed=seed, loss_fn=masked_loss,
-                     name="fine-pruning").model
+                     name="fine-pruning", cache_config=cache_config).model
     _zero_channels_(tuned, site, pruned)
     return RepairResult(tuned, "fine-pruning", table=pd.DataFrame(rows),
                         details={"layer": conv_name, "norm": site.norm, "n_pruned": n_pruned,
@@ -361,7 +397,8 @@ def path_repair(a: nn.Module, b: nn.Module, bonafide: LabeledImages, *, kind: st
                 steps: int = 1000, sgd: SGDConfig = SGDConfig(lr=0.03, weight_decay=5e-4, schedule="cosine"),
                 batch_size: int = 128, holdout_fraction: float = 0.2, ts: Sequence[float] | None = None,
                 select: str = "farthest_within_tolerance", tolerance: float = 2.0, min_distance: float = 0.1,
-                seed: int = 0, loss_fn: Callable[..., Tensor] = cross_entropy_loss) -> RepairResult:
+                seed: int = 0, loss_fn: Callable[..., Tensor] = cross_entropy_loss,
+                cache_config: Mapping[str, Any] | None = None) -> RepairResult:
     """Repair by path connection (Zhao et al. 2020): train a curve between ``a`` and ``b`` on bonafide data,
     then return the model at a t chosen on a held-out slice of the bonafide data (see :func:`select_t`).
 
@@ -369,15 +406,26 @@ def path_repair(a: nn.Module, b: nn.Module, bonafide: LabeledImages, *, kind: st
     :func:`one_model_endpoints`). A ``holdout_fraction`` of the bonafide set is kept aside for choosing t;
     the curve is trained, and batch-norm statistics at each t are recomputed, on the rest. The endpoints stay
     fixed; only the bend(s) are trained. The returned ``table`` has, per candidate t, the held-out accuracy
-    and loss the choice was based on.
+    and loss the choice was based on. With ``cache_config`` the trained curve goes through the checkpoint
+    cache (see :func:`finetune`).
     """
     from mcar_lib import curves
 
     _check_same_architecture(a, b)
     rest, held = split_off(bonafide, holdout_fraction, seed=seed)
-    curve = curves.Curve.between(a, b, kind=kind, n_bends=n_bends)
-    trained, history = curves.fit_curve(curve, StepBatches(rest, batch_size, steps, seed=seed), steps=steps,
-                                        sgd=sgd, loss_fn=loss_fn, seed=seed, show_progress=False)
+    losses: list[float] = []
+
+    def train_curve(curve: curves.Curve) -> curves.Curve:
+        trained, history = curves.fit_curve(curve, StepBatches(rest, batch_size, steps, seed=seed), steps=steps,
+                                            sgd=sgd, loss_fn=loss_fn, seed=seed, show_progress=False)
+        losses.extend(history.column("train_loss"))
+        return trained
+
+    extra = {"method": f"path-{kind}-{n_bends}", "steps": steps, "sgd": sgd, "batch_size": batch_size,
+             "seed": seed, "holdout_fraction": holdout_fraction, "a": fingerprint(a), "b": fingerprint(b),
+             "bonafide": fingerprint(bonafide)}
+    trained = _trained(cache_config, extra, lambda: curves.Curve.between(a, b, kind=kind, n_bends=n_bends),
+                       train_curve)
     grid = [float(t) for t in (ts if ts is not None else default_ts(11))]
     rows = []
     for t in grid:
@@ -389,15 +437,16 @@ def path_repair(a: nn.Module, b: nn.Module, bonafide: LabeledImages, *, kind: st
     model = trained.at(t_star, bn_data=rest)
     return RepairResult(model, f"path repair ({kind})", t=t_star, table=table, curve=trained, bn_data=rest,
                         details={"steps": steps, "rule": select, "tolerance": tolerance, "n_train": len(rest),
-                                 "n_heldout": len(held), "final_train_loss": history.column("train_loss")[-1]})
+                                 "n_heldout": len(held), "final_train_loss": losses[-1] if losses else float("nan")})
 
 
 def one_model_endpoints(tampered: nn.Module, bonafide: LabeledImages, *, steps: int,
-                        sgd: SGDConfig = SGDConfig(lr=0.01), batch_size: int = 128,
-                        seed: int = 0) -> tuple[nn.Module, nn.Module]:
+                        sgd: SGDConfig = SGDConfig(lr=0.01), batch_size: int = 128, seed: int = 0,
+                        cache_config: Mapping[str, Any] | None = None) -> tuple[nn.Module, nn.Module]:
     """The one-tampered-model variant's endpoints: ``(tampered, tampered fine-tuned on bonafide data)``.
 
     Pass them to :func:`path_repair` (with the same bonafide data) when only one tampered model is at hand.
     """
-    tuned = finetune(tampered, bonafide, steps=steps, sgd=sgd, batch_size=batch_size, seed=seed).model
+    tuned = finetune(tampered, bonafide, steps=steps, sgd=sgd, batch_size=batch_size, seed=seed,
+                     cache_config=cache_config).model
     return tampered, tuned

@@ -229,3 +229,23 @@ def test_path_repair_accepts_models_without_batch_norm_and_the_one_model_variant
     assert r.t in (0.3, 0.5, 0.7)
     interior = r.table[r.table["t"].between(0.3, 0.7)]
     assert r.table.loc[r.table["t"] == r.t, "heldout_accuracy"].item() == interior["heldout_accuracy"].max()
+
+
+def test_cache_config_trains_once_and_reloads_the_same_weights(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MCAR_CACHE_DIR", str(tmp_path))
+    a, b, bona = _cnn(0), _cnn(1), _data()
+    key = {"name": "test-path", "profile": "test"}
+    ts = [0.0, 0.5, 1.0]
+    first = repair.path_repair(a, b, bona, steps=3, sgd=SGDConfig(lr=0.05), ts=ts, cache_config=key)
+    assert len(list(tmp_path.rglob("test-path-*.pt"))) == 1
+    again = repair.path_repair(a, b, bona, steps=3, sgd=SGDConfig(lr=0.05), ts=ts, cache_config=key)
+    assert torch.equal(first.curve.bends, again.curve.bends)
+    assert first.table.equals(again.table) and first.t == again.t
+    other = repair.path_repair(a, b, _data(seed=5), steps=3, sgd=SGDConfig(lr=0.05), ts=ts, cache_config=key)
+    assert len(list(tmp_path.rglob("test-path-*.pt"))) == 2, "another bonafide set must not reuse the entry"
+    assert not torch.equal(first.curve.bends, other.curve.bends)
+    ft = repair.finetune(a, bona, steps=3, sgd=SGDConfig(lr=0.05), cache_config={"name": "test-ft"})
+    ft2 = repair.finetune(a, bona, steps=3, sgd=SGDConfig(lr=0.05), cache_config={"name": "test-ft"})
+    for p, q in zip(ft.model.parameters(), ft2.model.parameters()):
+        assert torch.equal(p, q)
+    assert len(list(tmp_path.rglob("test-ft-*.pt"))) == 1
