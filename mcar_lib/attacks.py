@@ -104,9 +104,11 @@ def _check_images(x: Tensor, y: Tensor) -> None:
         raise ValueError(f"expected x of shape N×... and y of N labels, got {tuple(x.shape)} and {tuple(y.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a float tensor of images in [0, 1], got dtype {x.dtype}")
-    if len(x) and (x.min() < 0 or x.max() > 1):
-        raise ValueError(f"x must hold images in [0, 1] (got min {x.min().item():.3g}, max {x.max().item():.3g}); "
-                         "normalise inside the model, not in the data")
+    if len(x):
+        low, high = (v.item() for v in torch.aminmax(x.detach()))  # one pass, one host sync
+        if low < 0 or high > 1:
+            raise ValueError(f"x must hold images in [0, 1] (got min {low:.3g}, max {high:.3g}); normalise "
+                             "inside the model, not in the data")
 
 
 def _per_sample_norm(v: Tensor) -> Tensor:
