@@ -441,12 +441,16 @@ def path_repair(a: nn.Module, b: nn.Module, bonafide: LabeledImages, *, kind: st
 
 
 def one_model_endpoints(tampered: nn.Module, bonafide: LabeledImages, *, steps: int,
-                        sgd: SGDConfig = SGDConfig(lr=0.01), batch_size: int = 128, seed: int = 0,
-                        cache_config: Mapping[str, Any] | None = None) -> tuple[nn.Module, nn.Module]:
+                        sgd: SGDConfig = SGDConfig(lr=0.01), batch_size: int = 128, holdout_fraction: float = 0.2,
+                        seed: int = 0, cache_config: Mapping[str, Any] | None = None) -> tuple[nn.Module, nn.Module]:
     """The one-tampered-model variant's endpoints: ``(tampered, tampered fine-tuned on bonafide data)``.
 
-    Pass them to :func:`path_repair` (with the same bonafide data) when only one tampered model is at hand.
+    Pass them to :func:`path_repair` with the same ``bonafide``, ``holdout_fraction`` and ``seed``: the copy is
+    fine-tuned only on the part of the bonafide set that the path is trained on, so the held-out slice that
+    chooses t stays unseen by both endpoints (otherwise the fine-tuned end would look better than it is and
+    the rule would drift towards it).
     """
-    tuned = finetune(tampered, bonafide, steps=steps, sgd=sgd, batch_size=batch_size, seed=seed,
+    rest, _ = split_off(bonafide, holdout_fraction, seed=seed)
+    tuned = finetune(tampered, rest, steps=steps, sgd=sgd, batch_size=batch_size, seed=seed,
                      cache_config=cache_config).model
     return tampered, tuned

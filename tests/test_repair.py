@@ -249,3 +249,12 @@ def test_cache_config_trains_once_and_reloads_the_same_weights(tmp_path, monkeyp
     for p, q in zip(ft.model.parameters(), ft2.model.parameters()):
         assert torch.equal(p, q)
     assert len(list(tmp_path.rglob("test-ft-*.pt"))) == 1
+
+
+def test_one_model_endpoints_never_see_the_held_out_slice() -> None:
+    a, bona = _cnn(0), _data()
+    _, tuned = repair.one_model_endpoints(a, bona, steps=5, sgd=SGDConfig(lr=0.05), holdout_fraction=0.25, seed=3)
+    rest, _ = repair.split_off(bona, 0.25, seed=3)
+    direct = repair.finetune(a, rest, steps=5, sgd=SGDConfig(lr=0.05), seed=3).model
+    for p, q in zip(tuned.parameters(), direct.parameters()):
+        assert torch.equal(p, q)
