@@ -35,9 +35,39 @@ class CurvesSettings:
 
 @dataclass(frozen=True)
 class BackdoorSettings:
-    """Chapter 2, backdoor repair."""
+    """Chapter 2, backdoor repair: the BadNets attack, the endpoints, path repair and its baselines."""
 
+    # the attack: all-to-one BadNets with a white square near the bottom-right corner
+    target: int = 1
+    poison_rate: float = 0.1  # share of every non-target class that gets the trigger and the target label
+    trigger_size: int = 3
+    trigger_margin: int = 1
+    # the endpoints: a clean reference model and two backdoored ones (same poisoned data, other seeds)
+    endpoint_epochs: int = 2
+    endpoint_lr: float = 0.05
+    # the defender: bonafide set sizes, and the slice of each kept aside to choose t
     bonafide_sizes: tuple[int, ...] = (2500, 1000, 500, 250, 50)
+    holdout_fraction: float = 0.2
+    n_t: int = 11  # candidate and plotted t, evenly spaced in [0, 1]
+    t_tolerance: float = 3.0  # points of held-out accuracy the t rule may give up
+    # path training (Bezier, one bend); L2 penalty on w(t) as in the paper, stronger at this scale
+    curve_steps: int = 500
+    curve_batch_size: int = 64
+    curve_lr: float = 0.3
+    curve_schedule: str = "cosine"
+    curve_weight_decay: float = 1e-2
+    # baselines: fine-tuning with the path's optimiser at the midpoint's effective step (curve_lr / 4), and
+    # with the reference code's gentle recipe; training from scratch; noisy model; fine-pruning
+    finetune_lr: float = 0.075
+    reference_finetune_lr: float = 0.01
+    reference_finetune_weight_decay: float = 5e-4
+    scratch_steps: int = 300
+    scratch_lr: float = 0.05
+    noisy_scale: float = 0.5
+    prune_tolerance: float = 4.0
+    prune_step: int = 1
+    prune_finetune_steps: int = 300
+    one_model_size: int = 2500  # bonafide size for the one-tampered-model variant
 
 
 @dataclass(frozen=True)
@@ -131,7 +161,8 @@ _CPU = Profile(name="cpu", dataset="fashion_mnist", model="small_cnn", width=16,
 _SMOKE = replace(
     _CPU, name="smoke", n_train=512, n_bonafide_pool=256, n_test=128, batch_size=64, width=4,
     mc=CurvesSettings(endpoint_epochs=1, curve_epochs=1, n_points=3, grid_size=3),
-    bd=BackdoorSettings(bonafide_sizes=(128, 32)),
+    bd=BackdoorSettings(endpoint_epochs=1, bonafide_sizes=(128, 32), n_t=3, curve_steps=4, scratch_steps=2,
+                        prune_step=4, prune_finetune_steps=2, one_model_size=128),
     ei=FaultSettings(bonafide_sizes=(128,)),
     rb=RobustnessSettings(at_steps=2, at_epochs=1, curve_steps=8, robust_curve_steps=4,
                           eval_steps=2, n_eval=64, n_bn_images=128, n_points=3, ensemble_size=2),
@@ -144,6 +175,10 @@ _PAPER = Profile(
     n_test=10_000, batch_size=128,
     mc=CurvesSettings(endpoint_epochs=100, endpoint_lr=0.05, curve_epochs=100, curve_lr=0.01, n_points=31,
                       grid_size=21),
+    bd=BackdoorSettings(endpoint_epochs=100, endpoint_lr=0.005, n_t=31, curve_steps=7_900, curve_batch_size=128,
+                        curve_lr=0.01, curve_schedule="garipov", curve_weight_decay=1e-4, finetune_lr=0.015,
+                        reference_finetune_lr=0.015, reference_finetune_weight_decay=1e-4, scratch_steps=7_900,
+                        scratch_lr=0.02, prune_finetune_steps=1_500),
     rb=RobustnessSettings(eps=8 / 255, at_method="pgd", at_steps=10, at_epochs=100, at_lr=0.05,
                           curve_steps=35_000, curve_lr=0.015, robust_curve_steps=35_000, eval_steps=10,
                           n_eval=10_000, n_bn_images=5_000, n_points=31, ensemble_size=11),
