@@ -1,7 +1,8 @@
 """The three architectures of the book, as plain ``nn.Module``s, and a cached way to get trained ones.
 
-* ``small_cnn``: two conv-BN-ReLU blocks for 28×28 grayscale images (Fashion-MNIST), cheap enough for a
-  laptop CPU; it has batch norm, so it shows why statistics must be recomputed along a path.
+* ``small_cnn``: two conv-BN-ReLU blocks (the first with stride 2) for 28×28 grayscale images
+  (Fashion-MNIST), cheap enough for a laptop CPU; it has batch norm, so it shows why statistics must be
+  recomputed along a path.
 * ``vgg16``: the CIFAR VGG16 of Garipov et al. (13 3×3 convolutions, **no** batch norm, classifier
   dropout-512-ReLU-dropout-512-ReLU-10), as used by the reference code for 32×32 RGB images.
 * ``preresnet26``: the pre-activation ResNet the reference code actually trained (class ``PreResNet110``
@@ -35,11 +36,12 @@ ARCHITECTURES = ("small_cnn", "vgg16", "preresnet26")
 
 
 class SmallCNN(nn.Module):
-    """Two conv-BN-ReLU-maxpool blocks (``width`` and 2·``width`` channels) and a linear classifier.
+    """Two conv-BN-ReLU blocks (``width`` and 2·``width`` channels), a 2×2 max-pool and a linear classifier.
 
-    28×28 inputs become 2·``width``×7×7 features; flattening them (rather than global pooling) makes the
-    network learn Fashion-MNIST in one or two epochs, which keeps the cpu profile fast. ``conv2`` is the last
-    convolution (the layer fine-pruning looks at; see :func:`last_conv_name`).
+    The first convolution has stride 2, so both blocks work at 14×14 for 28×28 inputs: on a CPU the cost of
+    such a small network is dominated by memory traffic at full resolution, and this halves it. Flattening
+    the 7×7 features (rather than global pooling) makes the network learn Fashion-MNIST in a couple of
+    epochs. ``conv2`` is the last convolution (the layer fine-pruning looks at; see :func:`last_conv_name`).
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16, image_size: int = 28) -> None:
@@ -47,15 +49,16 @@ class SmallCNN(nn.Module):
         if width < 1:
             raise ValueError(f"width must be a positive number of channels, got {width}")
         if image_size % 4:
-            raise ValueError(f"image_size must be divisible by 4 (two 2×2 max-pools), got {image_size}")
-        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+            raise ValueError(f"image_size must be divisible by 4 (a stride-2 convolution and a 2×2 max-pool), "
+                             f"got {image_size}")
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(2 * width)
         self.fc = nn.Linear(2 * width * (image_size // 4) ** 2, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+        h = F.relu(self.bn1(self.conv1(x)))
         h = F.max_pool2d(F.relu(self.bn2(self.conv2(h))), 2)
         return self.fc(torch.flatten(h, 1))
 
@@ -205,12 +208,26 @@ def architecture_kwargs(name: str, data: LabeledImages, *, width: int | None = N
     raise ValueError(f"unknown architecture {name!r}; choose one of {ARCHITECTURES}")
 
 
-def fingerprint(data: LabeledImages) -> str:
-    """A short hash of a data set's images and labels (part of cache keys, so other data never reuses a model)."""
+def fingerprint(obj: LabeledImages | nn.Module | torch.Tensor) -> str:
+    """A short hash of a data set (images and labels), a model (its state dict) or a tensor.
+
+    Part of cache keys: a model trained on other data, or a curve between other endpoints, never reuses
+    a checkpoint made for these.
+    """
+    from mcar_lib.data import LabeledImages
+
+    if isinstance(obj, LabeledImages):
+        tensors = [("", obj.x), ("", obj.y)]
+    elif isinstance(obj, nn.Module):
+        tensors = list(obj.state_dict().items())
+    elif isinstance(obj, torch.Tensor):
+        tensors = [("", obj)]
+    else:
+        raise TypeError(f"cannot fingerprint a {type(obj).__name__}; pass a LabeledImages, nn.Module or Tensor")
     digest = hashlib.sha256()
-    for tensor in (data.x, data.y):
-        digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for name, tensor in tensors:
+        digest.update(name.encode() + str((tuple(tensor.shape), tensor.dtype)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
