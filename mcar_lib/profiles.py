@@ -160,7 +160,7 @@ _CPU = Profile(name="cpu", dataset="fashion_mnist", model="small_cnn", width=16,
 
 _SMOKE = replace(
     _CPU, name="smoke", n_train=512, n_bonafide_pool=256, n_test=128, batch_size=64, width=4,
-    mc=CurvesSettings(endpoint_epochs=1, curve_epochs=1, n_points=3, grid_size=3),
+    mc=CurvesSettings(endpoint_epochs=1, curve_epochs=1, n_bn_images=128, n_points=3, grid_size=3, n_plane_test=64),
     bd=BackdoorSettings(endpoint_epochs=1, bonafide_sizes=(128, 32), n_t=3, curve_steps=4, scratch_steps=2,
                         prune_step=4, prune_finetune_steps=2, one_model_size=128),
     ei=FaultSettings(bonafide_sizes=(128,)),
@@ -173,8 +173,9 @@ _SMOKE = replace(
 _PAPER = Profile(
     name="paper", dataset="cifar10", model="vgg16", width=64, n_train=45_000, n_bonafide_pool=5_000,
     n_test=10_000, batch_size=128,
-    mc=CurvesSettings(endpoint_epochs=100, endpoint_lr=0.05, curve_epochs=100, curve_lr=0.01, n_points=31,
-                      grid_size=21),
+    mc=CurvesSettings(endpoint_epochs=100, endpoint_lr=0.05, endpoint_schedule="garipov", curve_epochs=100,
+                      curve_lr=0.015, curve_schedule="garipov", n_bn_images=5_000, n_points=31, grid_size=21,
+                      n_plane_test=2_000),
     bd=BackdoorSettings(endpoint_epochs=100, endpoint_lr=0.005, n_t=31, curve_steps=7_900, curve_batch_size=128,
                         curve_lr=0.01, curve_schedule="garipov", curve_weight_decay=1e-4, finetune_lr=0.015,
                         reference_finetune_lr=0.015, reference_finetune_weight_decay=1e-4, scratch_steps=7_900,

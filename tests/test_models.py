@@ -85,3 +85,18 @@ def test_trained_is_cached_and_seed_dependent(tmp_path, monkeypatch) -> None:
     other = models.trained(cfg, splits, seed=2, device="cpu", show_progress=False)
     assert not torch.equal(other.conv1.weight, first.conv1.weight)
     assert not first.training
+
+
+def test_fingerprint_tells_data_and_models_apart() -> None:
+    x = torch.zeros(4, 1, 2, 2)
+    same = LabeledImages(x, torch.zeros(4, dtype=torch.long))
+    assert models.fingerprint(same) == models.fingerprint(LabeledImages(x.clone(), torch.zeros(4, dtype=torch.long)))
+    relabelled = LabeledImages(x, torch.tensor([0, 0, 0, 1]))
+    assert models.fingerprint(same) != models.fingerprint(relabelled)
+    torch.manual_seed(0)
+    a, b = models.build("small_cnn", width=2), models.build("small_cnn", width=2)
+    assert models.fingerprint(a) != models.fingerprint(b)
+    b.load_state_dict(a.state_dict())
+    assert models.fingerprint(a) == models.fingerprint(b)
+    with pytest.raises(TypeError, match="fingerprint"):
+        models.fingerprint([1, 2])  # type: ignore[arg-type]
