@@ -14,6 +14,7 @@ batch-norm statistics along a path come from the defender's data (``bn_data``), 
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Literal
@@ -92,6 +93,16 @@ def fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def architecture_id(module: nn.Module) -> str:
+    """A short hash of the module's class source (or its repr): part of every key, so a checkpoint made for an
+    earlier version of an architecture whose parameter shapes did not change is never loaded into the new one."""
+    try:
+        text = inspect.getsource(type(module))
+    except (OSError, TypeError):
+        text = repr(module)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 # -------------------------------------------------------------------------------------------- endpoints
 
 def regular_model(cfg: Profile, splits: Splits, seed: int, *, member: int = 0, device: str | torch.device = "auto",
@@ -123,6 +134,8 @@ def adversarial_model(cfg: Profile, splits: Splits, seed: int, *, member: int = 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             return models.build(cfg.model, **arch).to(dev)
+
+    key["architecture"] = architecture_id(models.build(cfg.model, **arch))
 
     def fit(model: nn.Module) -> nn.Module:
         data = loader(splits.train, cfg.batch_size, shuffle=True, seed=init_seed)
@@ -171,8 +184,8 @@ def robust_pair_curve(cfg: Profile, splits: Splits, pair: Pair = "regular-advers
                           schedule=cfg.mc.curve_schedule)
     key = {"name": f"{cfg.model}-curve-{pair}-{loss}", "profile": cfg.name, "dataset": splits.dataset,
            "data": models.fingerprint(splits.train), "a": fingerprint(a), "b": fingerprint(b),
-           "kind": rb.curve_kind, "n_bends": rb.n_bends, "steps": steps, "batch_size": cfg.batch_size,
-           "sgd": asdict(sgd), "seed": seed,
+           "architecture": architecture_id(a), "kind": rb.curve_kind, "n_bends": rb.n_bends, "steps": steps,
+           "batch_size": cfg.batch_size, "sgd": asdict(sgd), "seed": seed,
            "loss": asdict(loss_fn.attack) if isinstance(loss_fn, adversarial.RobustLoss) else "cross_entropy"}
 
     def make() -> curves.Curve:
@@ -218,6 +231,7 @@ def path_table(cfg: Profile, splits: Splits, pair: Pair = "regular-adversarial",
     """
     curve = robust_pair_curve(cfg, splits, pair, loss, seed=seed, device=device, show_progress=show_progress)
     key = {"name": f"path-{pair}-{loss}", "profile": cfg.name, "curve": fingerprint(curve),
+           "architecture": architecture_id(curve.template),
            "test": models.fingerprint(splits.test), "bn": models.fingerprint(bn_data(cfg, splits)),
            "n_eval": cfg.rb.n_eval, "n_points": cfg.rb.n_points, "attack": asdict(eval_attack(cfg)),
            "eval_batch_size": cfg.eval_batch_size}
@@ -242,6 +256,7 @@ def path_ensemble(cfg: Profile, splits: Splits, pair: Pair = "regular-adversaria
     """
     curve = robust_pair_curve(cfg, splits, pair, loss, seed=seed, device=device, show_progress=show_progress)
     key = {"name": f"ensemble-{pair}-{loss}", "profile": cfg.name, "curve": fingerprint(curve),
+           "architecture": architecture_id(curve.template),
            "test": models.fingerprint(splits.test), "bn": models.fingerprint(bn_data(cfg, splits)),
            "n_eval": cfg.rb.n_eval, "size": cfg.rb.ensemble_size, "attack": asdict(eval_attack(cfg)),
            "eval_batch_size": cfg.eval_batch_size}
