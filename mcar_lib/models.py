@@ -231,6 +231,12 @@ def fingerprint(obj: LabeledImages | nn.Module | torch.Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
+def describe(model: nn.Module) -> str:
+    """The module tree with every layer's settings (``repr``): part of cache keys, so a checkpoint made
+    for an older version of an architecture (say, another stride) is never loaded into a newer one."""
+    return repr(model)
+
+
 def trained(profile: Profile, splits: Splits, *, seed: int, device: str | torch.device = "auto",
             train_data: LabeledImages | None = None, epochs: int | None = None, lr: float | None = None,
             show_progress: bool = True) -> nn.Module:
@@ -240,8 +246,8 @@ def trained(profile: Profile, splits: Splits, *, seed: int, device: str | torch.
     ``mc`` section (``endpoint_epochs``, ``endpoint_lr``, ``endpoint_weight_decay``, ``endpoint_schedule``;
     ``epochs``/``lr`` override them), batches of ``profile.batch_size`` shuffled with ``seed``. ``seed`` also
     fixes the initialisation, so two seeds give two independently trained networks. The cache key holds the
-    profile, the data's fingerprint, the seed and every hyper-parameter. The global RNG state is left as it
-    was. Returns the model in eval mode on ``device``.
+    profile, the data's fingerprint, the architecture's description, the seed and every hyper-parameter.
+    The global RNG state is left as it was. Returns the model in eval mode on ``device``.
     """
     from mcar_lib import cache, data as data_mod, repro, train
 
@@ -252,9 +258,12 @@ def trained(profile: Profile, splits: Splits, *, seed: int, device: str | torch.
                           weight_decay=settings.endpoint_weight_decay, schedule=settings.endpoint_schedule)
     n_epochs = settings.endpoint_epochs if epochs is None else epochs
     arch = architecture_kwargs(profile.model, source, width=profile.width if profile.model == "small_cnn" else None)
+    with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG alone
+        modules = describe(build(profile.model, **arch))
     key = {"name": f"{profile.model}-trained", "profile": profile.name, "dataset": splits.dataset,
-           "data": fingerprint(source), "n_train": len(source), "model": profile.model, "arch": arch, "seed": seed,
-           "epochs": n_epochs, "batch_size": profile.batch_size, "sgd": asdict(sgd)}
+           "data": fingerprint(source), "n_train": len(source), "model": profile.model, "arch": arch,
+           "modules": modules, "seed": seed, "epochs": n_epochs,
+           "batch_size": profile.batch_size, "sgd": asdict(sgd)}
 
     def make() -> nn.Module:
         with torch.random.fork_rng(devices=[]):
