@@ -314,6 +314,8 @@ def fine_prune(model: nn.Module, bonafide: LabeledImages, *, layer: str | None =
        the bonafide data stays within ``tolerance`` points of the unpruned model's.
     3. Fine-tune on the rest of the bonafide data with the pruned channels held at zero.
 
+    ``details["pruned_only"]`` is the pruned model before fine-tuning (to tell the two steps apart).
+
     Pruning zeroes the convolution's filters and, where a batch norm reads the convolution directly, its
     scale and shift, so the pruned channels output exactly zero. (In a residual block the skip connection
     still carries information around a pruned convolution.)
@@ -343,6 +345,7 @@ def fine_prune(model: nn.Module, bonafide: LabeledImages, *, layer: str | None =
         n_pruned = k
     pruned = order[:n_pruned]
     _zero_channels_(net, site, pruned)
+    pruned_only = copy.deepcopy(net)
 
     def masked_loss(m: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         _zero_channels_(m, site, pruned)  # undo what the last optimizer step did to the pruned channels
@@ -353,7 +356,8 @@ def fine_prune(model: nn.Module, bonafide: LabeledImages, *, layer: str | None =
     _zero_channels_(tuned, site, pruned)
     return RepairResult(tuned, "fine-pruning", table=pd.DataFrame(rows),
                         details={"layer": conv_name, "norm": site.norm, "n_pruned": n_pruned,
-                                 "n_channels": n_channels, "pruned_channels": pruned.tolist(), "steps": steps})
+                                 "n_channels": n_channels, "pruned_channels": pruned.tolist(), "steps": steps,
+                                 "pruned_only": pruned_only})
 
 
 # --------------------------------------------------------------------------------------------- path repair

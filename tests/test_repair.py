@@ -157,6 +157,8 @@ def test_fine_pruning_zeroes_the_least_active_channels() -> None:
     assert torch.all(out[:, pruned] == 0)
     kept = [c for c in range(n_channels) if c not in pruned]
     assert out[:, kept].abs().sum() > 0
+    before_finetuning = _output_of(r.details["pruned_only"], norm, bona.x)
+    assert torch.all(before_finetuning[:, pruned] == 0)
 
 
 def test_fine_pruning_stops_at_the_tolerance() -> None:
