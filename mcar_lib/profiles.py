@@ -177,16 +177,18 @@ _PAPER = Profile(
     mc=CurvesSettings(endpoint_epochs=100, endpoint_lr=0.05, endpoint_schedule="garipov", curve_epochs=100,
                       curve_lr=0.015, curve_schedule="garipov", n_bn_images=5_000, n_points=31, grid_size=21,
                       n_plane_test=2_000),
-    bd=BackdoorSettings(poison_rate=0.1, endpoint_epochs=100, endpoint_lr=0.005, n_t=31, curve_steps=7_900, curve_batch_size=128,
-                        curve_lr=0.01, curve_schedule="garipov", curve_weight_decay=1e-4, finetune_lr=0.015,
-                        reference_finetune_lr=0.015, reference_finetune_weight_decay=1e-4, scratch_steps=7_900,
-                        scratch_lr=0.02, prune_finetune_steps=1_500),
+    bd=BackdoorSettings(poison_rate=0.1, endpoint_epochs=100, endpoint_lr=0.005, n_t=31, curve_steps=7_900,
+                        curve_batch_size=128, curve_lr=0.01, curve_schedule="garipov", curve_weight_decay=1e-4,
+                        finetune_lr=0.015, reference_finetune_lr=0.015, reference_finetune_weight_decay=1e-4,
+                        scratch_steps=7_900, scratch_lr=0.02, prune_finetune_steps=1_500),
     rb=RobustnessSettings(eps=8 / 255, at_method="pgd", at_steps=10, at_epochs=100, at_lr=0.05,
                           curve_steps=35_000, curve_lr=0.015, robust_curve_steps=35_000, eval_steps=10,
                           n_eval=10_000, n_bn_images=5_000, n_points=31, ensemble_size=11),
     hs=CurvatureSettings(n_samples=1000, batch_size=200, n_power_check=200, power_tol=1e-4, reference_batch_size=200,
                          reference_batches=50),
-    awp=FlatnessSettings(gamma=0.01),
+    awp=FlatnessSettings(n_train=45_000, clean_epochs=0, epochs=200, batch_size=128, lr=0.1, at_steps=10,
+                         gamma=0.01, n_seeds=2, eval_every=10, n_eval_test=1000, n_flatness=1000, n_weight_samples=10,
+                         worst_steps=20, n_curve=1000, path_points=11, path_weight_samples=5, n_path=1000),
 )
 
 _BY_NAME = {p.name: p for p in (_CPU, _SMOKE, _PAPER)}
