@@ -186,9 +186,7 @@ _PAPER = Profile(
                           n_eval=10_000, n_bn_images=5_000, n_points=31, ensemble_size=11),
     hs=CurvatureSettings(n_samples=1000, batch_size=200, n_power_check=200, power_tol=1e-4, reference_batch_size=200,
                          reference_batches=50),
-    awp=FlatnessSettings(n_train=45_000, clean_epochs=0, epochs=200, batch_size=128, lr=0.1, at_steps=10,
-                         gamma=0.01, n_seeds=2, eval_every=10, n_eval_test=1000, n_flatness=1000, n_weight_samples=10,
-                         worst_steps=20, n_curve=1000, path_points=11, path_weight_samples=5, n_path=1000),
+    awp=FlatnessSettings(gamma=0.01),
 )
 
 _BY_NAME = {p.name: p for p in (_CPU, _SMOKE, _PAPER)}
