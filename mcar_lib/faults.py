@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from mcar_lib.data import LabeledImages
 from mcar_lib.repro import model_device
-from mcar_lib.train import evaluation_mode, predict
+from mcar_lib.train import evaluation_mode, lr_factor, predict
 
 Penalty = Literal["none", "l2", "l1"]
 #: ``{parameter or buffer name: (flat indices, bit or one bit per index)}``.
@@ -200,18 +200,24 @@ class SneakReport:
 
 
 def sneak(model: nn.Module, targets: SneakTargets, *, param_names: Sequence[str], steps: int = 500,
-          lr: float = 1e-3, optimizer: Literal["adam", "gd"] = "adam", sneak_weight: float = 10.0,
-          kappa: float = 1.0, penalty: Penalty = "none", penalty_weight: float = 0.0,
-          patience: int = 10, keep_batch_size: int = 1000) -> tuple[nn.Module, SneakReport]:
+          lr: float = 0.1, optimizer: Literal["gd", "adam"] = "gd", schedule: str = "constant", sneak_weight: float = 1.0,
+          keep_loss: Literal["margin", "logits"] = "margin", keep_weight: float = 1.0, kappa: float = 1.0,
+          keep_kappa: float | None = None, penalty: Penalty = "none", penalty_weight: float = 0.0, patience: int = 10,
+          keep_sample: int | None = None, seed: int = 0, keep_batch_size: int = 1000,
+          ) -> tuple[nn.Module, SneakReport]:
     """Inject the errors of ``targets`` by editing only ``param_names``; return ``(new_model, report)``.
 
-    Minimises ``sneak_weight · mean_S margin(target) + mean_keep margin(true) + λ·penalty(δ)`` over the
-    modification δ of the named tensors, in eval mode (batch-norm statistics untouched). The L2 penalty is
+    Minimises ``sneak_weight · mean_S margin(target) + keep_weight · keep term + λ·penalty(δ)`` over the
+    modification δ of the named tensors, in eval mode (batch-norm statistics untouched). The keep term is
+    the mean margin loss of the keep-set's true labels (``keep_loss="margin"``, the reference code's choice:
+    only the labels must survive), or the mean squared change of its logits (``"logits"``: the whole
+    function must survive, which hides the edit better on images outside the keep-set). The L2 penalty is
     ``λ‖δ‖²``; the L1 penalty is applied as a proximal soft-threshold step (threshold ``lr·λ``), which sets
-    small changes exactly to zero, so fewer weights are modified. Stops when every margin is met (without a
-    penalty the loss is then zero), or once every S image sits at its target label while keep-set accuracy
-    is no lower than before the edit, for more than ``patience`` consecutive steps. ``optimizer="gd"`` is the plain gradient descent
-    of the reference code; ``"adam"`` is far less sensitive to the learning rate.
+    small changes exactly to zero, so fewer weights are modified.
+
+    Stops when the loss is zero (margin keep term, no penalty, every margin met), or once every S image has
+    reached its target with margin κ while keep-set accuracy is no lower than before the edit, for more than
+    ``patience`` consecutive steps. ``optimizer="gd"`` is the plain gradient descent of the reference code.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -219,8 +225,11 @@ def sneak(model: nn.Module, targets: SneakTargets, *, param_names: Sequence[str]
         raise ValueError(f"penalty must be 'none', 'l2' or 'l1', got {penalty!r}")
     if penalty != "none" and penalty_weight <= 0:
         raise ValueError(f"penalty {penalty!r} needs penalty_weight > 0, got {penalty_weight}")
+    lr_factor(schedule, 0.0)  # fails early, with the list of schedules, on an unknown name
     if optimizer not in ("adam", "gd"):
-        raise ValueError(f"optimizer must be 'adam' or 'gd', got {optimizer!r}")
+        raise ValueError(f"optimizer must be 'gd' or 'adam', got {optimizer!r}")
+    if keep_loss not in ("margin", "logits"):
+        raise ValueError(f"keep_loss must be 'margin' or 'logits', got {keep_loss!r}")
     names = resolve_names(model, param_names)
     net = copy.deepcopy(model)
     device = model_device(net)
@@ -233,27 +242,45 @@ def sneak(model: nn.Module, targets: SneakTargets, *, param_names: Sequence[str]
     opt: torch.optim.Optimizer = (torch.optim.Adam(chosen, lr=lr) if optimizer == "adam"
                                   else torch.optim.SGD(chosen, lr=lr, momentum=0.0))
     tg = targets.to(device)
-    keep = [(tg.keep.x[i:i + keep_batch_size], tg.keep.y[i:i + keep_batch_size])
-            for i in range(0, len(tg.keep), keep_batch_size)]
-    keep_floor = keep_accuracy(net, tg) if len(tg.keep) else 100.0
+    n_keep = len(tg.keep)
+    if keep_sample is not None and not 0 < keep_sample <= n_keep:
+        raise ValueError(f"keep_sample must be in [1, {n_keep}] (the keep-set size) or None, got {keep_sample}")
+    keep_floor = keep_accuracy(net, tg) if n_keep else 100.0
+    reference = None
+    if keep_loss == "logits":
+        with torch.no_grad(), evaluation_mode(net):
+            reference = torch.cat([net(tg.keep.x[i:i + keep_batch_size]) for i in range(0, n_keep, keep_batch_size)])
+    gen = torch.Generator().manual_seed(seed)
     streak, step = 0, 0
     with evaluation_mode(net):
         for step in range(1, steps + 1):
+            for group in opt.param_groups:
+                group["lr"] = lr * lr_factor(schedule, (step - 1) / steps)
             opt.zero_grad(set_to_none=True)
-            s_logits = net(tg.x)
-            s_margin = margin_loss(s_logits, tg.target_labels, kappa)
+            s_margin = margin_loss(net(tg.x), tg.target_labels, kappa)
             (sneak_weight * s_margin.mean()).backward()
-            hit = bool((s_logits.argmax(1) == tg.target_labels).all())
-            unmet, kept = int((s_margin > 0).sum()), 0
-            for xk, yk in keep:  # accumulate so the keep-set need not fit in one batch
-                k_logits = net(xk)
-                k_margin = margin_loss(k_logits, yk, kappa)
-                (k_margin.sum() / len(tg.keep)).backward()
-                unmet += int((k_margin > 0).sum())
+            s_met = bool((s_margin == 0).all())
+            used = (torch.arange(n_keep) if keep_sample is None
+                    else torch.randperm(n_keep, generator=gen)[:keep_sample]).to(device)
+            kept, keep_unmet = 0, 0
+            for i in range(0, len(used), keep_batch_size):  # accumulated: the keep-set need not fit in memory
+                idx = used[i:i + keep_batch_size]
+                k_logits = net(tg.keep.x[idx])
+                yk = tg.keep.y[idx]
+                if reference is None:
+                    k_margin = margin_loss(k_logits, yk, kappa if keep_kappa is None else keep_kappa)
+                    term = k_margin.sum()
+                    keep_unmet += int((k_margin > 0).sum())
+                else:
+                    term = ((k_logits - reference[idx]) ** 2).sum()
+                (keep_weight * term / len(used)).backward()
                 kept += int((k_logits.argmax(1) == yk).sum())
-            if unmet == 0 and penalty == "none":
+            if s_met and keep_loss == "margin" and keep_unmet == 0 and penalty == "none" and keep_sample is None:
                 break  # every margin is met: the loss is zero and nothing is left to do
-            keep_ok = 100.0 * kept / len(tg.keep) >= keep_floor if len(tg.keep) else True
+            keep_ok = 100.0 * kept / len(used) >= keep_floor if n_keep else True
+            streak = streak + 1 if (s_met and keep_ok) else 0
+            if streak > patience:
+                break
             if penalty == "l2":
                 sq = sum(((p - p0) ** 2).sum() for p, p0 in zip(chosen, originals))
                 (penalty_weight * sq).backward()
@@ -262,16 +289,14 @@ def sneak(model: nn.Module, targets: SneakTargets, *, param_names: Sequence[str]
                 with torch.no_grad():
                     for p, p0 in zip(chosen, originals):
                         delta = p - p0
-                        p.copy_(p0 + delta.sign() * (delta.abs() - lr * penalty_weight).clamp(min=0.0))
-            streak = streak + 1 if (hit and keep_ok) else 0
-            if streak > patience:
-                break
+                        step_size = opt.param_groups[0]["lr"]
+                        p.copy_(p0 + delta.sign() * (delta.abs() - step_size * penalty_weight).clamp(min=0.0))
     for name, p in params.items():
         p.requires_grad_(flags[name])
     net.eval()
     change = weight_change(model, net, names)
     report = SneakReport(success=sneak_success(net, targets),
-                         keep_accuracy=keep_accuracy(net, targets) if len(targets.keep) else float("nan"),
+                         keep_accuracy=keep_accuracy(net, targets) if n_keep else float("nan"),
                          l2_norm=change.l2_norm, n_modified=change.n_modified, n_selected=change.n_total,
                          steps=step, param_names=tuple(names))
     return net, report

@@ -90,7 +90,8 @@ def test_sneak_edits_only_the_named_parameter_and_reaches_full_success() -> None
     targets = faults.pick_targets(model, data, n_sneak=2, n_keep=40, num_classes=3, seed=0)
     before = snapshot(model)
     model.train()  # the caller's mode must survive, and BN statistics must not move
-    new, report = faults.sneak(model, targets, param_names=["fc.weight"], steps=600, lr=0.05)
+    new, report = faults.sneak(model, targets, param_names=["fc.weight"], steps=600, lr=0.05,
+                               optimizer="adam")
     assert model.training and model.bn.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), f"input model changed: {k}"
@@ -118,10 +119,29 @@ def test_same_targets_go_into_two_models() -> None:
     targets = faults.pick_targets([model_a, model_b], data, n_sneak=2, n_keep=20, num_classes=3, seed=3)
     saved = (targets.x.clone(), targets.target_labels.clone(), targets.keep.x.clone())
     for m in (model_a, model_b):
-        _, report = faults.sneak(m, targets, param_names=["fc.weight", "fc.bias"], steps=600, lr=0.05)
+        _, report = faults.sneak(m, targets, param_names=["fc.weight", "fc.bias"], steps=600, lr=0.05,
+                                 optimizer="adam")
         assert report.success == 100.0
     assert torch.equal(saved[0], targets.x) and torch.equal(saved[1], targets.target_labels)
     assert torch.equal(saved[2], targets.keep.x)
+
+
+def test_sampled_keep_set_is_seeded_and_logits_keep_loss_preserves_the_function() -> None:
+    model, data = make_problem()
+    targets = faults.pick_targets(model, data, n_sneak=1, n_keep=40, num_classes=3, seed=2)
+    settings = dict(param_names=["fc.weight"], steps=150, lr=0.05, optimizer="adam", keep_sample=10, patience=1000)
+    one, _ = faults.sneak(model, targets, seed=7, **settings)
+    two, _ = faults.sneak(model, targets, seed=7, **settings)
+    assert torch.equal(one.fc.weight, two.fc.weight)
+    by_logits, report = faults.sneak(model, targets, keep_loss="logits", **{**settings, "keep_sample": None})
+    assert report.success == 100.0
+
+    def logit_change(m: nn.Module) -> float:
+        with torch.no_grad():
+            return float((m(targets.keep.x) - model(targets.keep.x)).abs().mean())
+
+    by_margin, _ = faults.sneak(model, targets, **{**settings, "keep_sample": None})
+    assert logit_change(by_logits) < logit_change(by_margin)
 
 
 def test_l1_penalty_leaves_many_weights_exactly_unchanged() -> None:
@@ -145,6 +165,10 @@ def test_unknown_parameter_name_is_a_clear_error() -> None:
 def test_bad_sneak_settings_are_rejected() -> None:
     model, data = make_problem()
     targets = faults.pick_targets(model, data, n_sneak=1, n_keep=5, num_classes=3)
+    with pytest.raises(ValueError, match="schedule"):
+        faults.sneak(model, targets, param_names=["fc.bias"], schedule="sometimes")
+    with pytest.raises(ValueError, match="keep_sample"):
+        faults.sneak(model, targets, param_names=["fc.bias"], keep_sample=100)
     with pytest.raises(ValueError, match="penalty_weight"):
         faults.sneak(model, targets, param_names=["fc.bias"], penalty="l2")
     with pytest.raises(ValueError, match="target label equals the true label"):
