@@ -384,3 +384,27 @@ def random_flips(model: nn.Module, n: int, *, bits: Sequence[int] = (30,), param
             order = torch.argsort(flat[here])
             spec[name] = ((flat[here] - starts[i])[order], choice[here][order])
     return spec
+
+
+@torch.no_grad()
+def zero_implausible(model: nn.Module, max_abs: float) -> tuple[nn.Module, dict[str, int]]:
+    """A copy of ``model`` with every non-finite parameter entry, or one larger than ``max_abs`` in magnitude,
+    set to zero; also returns how many entries were zeroed per parameter name.
+
+    An exponent bit flip turns a weight of order 1 into one of order 2^128 or into inf: far outside anything
+    training produces, so a range check finds it. Zeroing such an entry is a crude repair (the weight is
+    lost, not restored) that makes the model usable again, and usable as an endpoint of a path.
+    """
+    if not max_abs > 0:
+        raise ValueError(f"max_abs must be a positive magnitude, got {max_abs}")
+    net = copy.deepcopy(model)
+    zeroed: dict[str, int] = {}
+    for name, p in net.named_parameters():
+        if not p.is_floating_point():
+            continue
+        bad = ~torch.isfinite(p) | (p.abs() > max_abs)
+        if bool(bad.any()):
+            zeroed[name] = int(bad.sum())
+            p.masked_fill_(bad, 0.0)
+    return net, zeroed
+

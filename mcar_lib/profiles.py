@@ -73,9 +73,38 @@ class BackdoorSettings:
 
 @dataclass(frozen=True)
 class FaultSettings:
-    """Chapter 3, error injection."""
+    """Chapter 3, error injection: fault sneaking into the two clean endpoints of chapter 1, path repair and its
+    baselines, and single bit flips."""
 
+    # the attack, on the attacker's data (the training split): S images sent to random wrong labels by editing
+    # only the named parameters (plain gradient descent on a margin loss), while a keep-set stays correct
+    n_sneak: int = 4
+    n_keep: int = 5_000
+    keep_sample: int | None = 250  # keep-set images per step (a fresh seeded sample); None: all of them
+    param_names: tuple[str, ...] = ("fc.weight",)
+    sneak_steps: int = 400
+    sneak_lr: float = 0.1
+    sneak_schedule: str = "cosine"
+    kappa: float = 1.0  # margin of the C&W loss, in logits
+    # the defender: bonafide set sizes, the held-out slice and the rule that choose t (as in chapter 2)
     bonafide_sizes: tuple[int, ...] = (2500, 250)
+    holdout_fraction: float = 0.2
+    n_t: int = 11
+    t_tolerance: float = 3.0
+    # path training (Bezier, one bend) and the baselines, with the backdoor chapter's settings
+    curve_steps: int = 500
+    curve_batch_size: int = 64
+    curve_lr: float = 0.3
+    curve_schedule: str = "cosine"
+    curve_weight_decay: float = 1e-2
+    finetune_lr: float = 0.075  # matched fine-tuning: a quarter of curve_lr (the midpoint's effective step)
+    reference_finetune_lr: float = 0.01
+    reference_finetune_weight_decay: float = 5e-4
+    noisy_scale: float = 0.5
+    # bit flips: exponent bit 30 of single weights drawn at random, one at a time
+    flip_bit: int = 30
+    n_flips: int = 40
+    max_abs_weight: float = 1e3  # the range check: trained weights are orders of magnitude smaller
 
 
 @dataclass(frozen=True)
@@ -164,7 +193,8 @@ _SMOKE = replace(
     mc=CurvesSettings(endpoint_epochs=1, curve_epochs=1, n_bn_images=128, n_points=3, grid_size=3, n_plane_test=64),
     bd=BackdoorSettings(endpoint_epochs=1, bonafide_sizes=(128, 32), n_t=3, curve_steps=4, scratch_steps=2,
                         prune_step=4, prune_finetune_steps=2, one_model_size=128),
-    ei=FaultSettings(bonafide_sizes=(128,)),
+    ei=FaultSettings(n_keep=64, keep_sample=32, sneak_steps=5, bonafide_sizes=(128,), n_t=3, curve_steps=4,
+                     n_flips=4),
     rb=RobustnessSettings(at_steps=2, at_epochs=1, curve_steps=8, robust_curve_steps=4,
                           eval_steps=2, n_eval=64, n_bn_images=128, n_points=3, ensemble_size=2),
     hs=CurvatureSettings(n_samples=8, batch_size=8, n_power_check=4, power_iters=10, reference_batch_size=4),
@@ -181,6 +211,10 @@ _PAPER = Profile(
                         curve_batch_size=128, curve_lr=0.01, curve_schedule="garipov", curve_weight_decay=1e-4,
                         finetune_lr=0.015, reference_finetune_lr=0.015, reference_finetune_weight_decay=1e-4,
                         scratch_steps=7_900, scratch_lr=0.02, prune_finetune_steps=1_500),
+    ei=FaultSettings(n_keep=996, keep_sample=None, param_names=("classifier.6.weight",), sneak_steps=500,
+                     bonafide_sizes=(2500, 50), n_t=31, curve_steps=2_340, curve_batch_size=128, curve_lr=0.01,
+                     curve_schedule="garipov", curve_weight_decay=1e-4, finetune_lr=0.01,
+                     reference_finetune_lr=0.01, reference_finetune_weight_decay=1e-4),
     rb=RobustnessSettings(eps=8 / 255, at_method="pgd", at_steps=10, at_epochs=100, at_lr=0.05,
                           curve_steps=35_000, curve_lr=0.015, robust_curve_steps=35_000, eval_steps=10,
                           n_eval=10_000, n_bn_images=5_000, n_points=31, ensemble_size=11),

@@ -237,3 +237,19 @@ def test_random_flips_are_reproducible_and_counted() -> None:
     assert faults.weight_change(model, new).n_modified == 25
     only_fc = faults.random_flips(model, 2, param_names=["fc.bias"], generator=torch.Generator().manual_seed(0))
     assert list(only_fc) == ["fc.bias"]
+
+
+def test_zero_implausible_undoes_the_blow_up_of_an_exponent_flip() -> None:
+    model, _ = make_problem()
+    broken = faults.flip_bits_in(model, {"fc.weight": ([3], 30), "conv.weight": ([0], 30)})
+    fixed, zeroed = faults.zero_implausible(broken, max_abs=1e3)
+    assert zeroed == {"conv.weight": 1, "fc.weight": 1}
+    expected = snapshot(model)
+    expected["fc.weight"].view(-1)[3] = 0.0
+    expected["conv.weight"].view(-1)[0] = 0.0
+    for k, v in fixed.state_dict().items():
+        assert torch.equal(v, expected[k]), k
+    assert broken.fc.weight.abs().max() > 1e3  # the input keeps its broken weight
+    with pytest.raises(ValueError, match="max_abs"):
+        faults.zero_implausible(model, max_abs=0.0)
+
