@@ -330,3 +330,14 @@ def test_input_gradient_matches_per_sample_autograd():
         torch.autograd.functional.jacobian(lambda z: F.cross_entropy(model(z[None]), yi[None]), xi)
         for xi, yi in zip(x, y)])
     torch.testing.assert_close(hessian.input_gradient(model, x, y), expected, rtol=1e-10, atol=1e-14)
+
+
+def test_input_jacobian_by_repeated_batch_matches_autograd_in_chunks():
+    model = tiny_cnn()
+    x, _ = batch(5)
+    model.eval()
+    logits, jac = hessian._input_jacobian(model, x, max_rows=8)  # 2 samples × 4 classes per chunk
+    expected = torch.stack([torch.autograd.functional.jacobian(lambda z: model(z[None])[0], xi).flatten(1)
+                            for xi in x])
+    torch.testing.assert_close(jac, expected, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(logits, model(x), rtol=1e-12, atol=1e-14)
