@@ -152,7 +152,7 @@ class CurvatureSettings:
     power_iters: int = 100  # at most this many Hessian-vector products per sample
     power_tol: float = 1e-3  # estimated remaining relative error that stops a sample
     # the reference code's batch-averaged estimate (HessianFlow settings)
-    reference_batch_size: int = 64
+    reference_batch_size: int = 32
     reference_batches: int = 2
     reference_iters: int = 10
     reference_tol: float = 1e-2
