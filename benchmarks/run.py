@@ -180,7 +180,7 @@ def bench_book() -> dict[str, float]:
     """Every chapter in book order with papermill (default profile), from an empty checkpoint cache."""
     with tempfile.TemporaryDirectory(prefix="mcar-bench-cache-") as cache_dir, \
             tempfile.TemporaryDirectory(prefix="mcar-bench-out-") as out_dir:
-        env = {**os.environ, "MCAR_CACHE_DIR": cache_dir, "MCAR_QUIET": "1", "MPLBACKEND": "Agg"}
+        env = {**os.environ, "MCAR_CACHE_DIR": cache_dir, "MCAR_QUIET": "1"}
         output = subprocess.run([sys.executable, str(ROOT / "scripts" / "chapters.py"), "run", "cpu", out_dir],
                                 env=env, check=True, capture_output=True, text=True).stdout
     summary = json.loads(output[output.index("{"):])

@@ -160,9 +160,41 @@ class CurvatureSettings:
 
 @dataclass(frozen=True)
 class FlatnessSettings:
-    """Chapter 6, weight-space flatness and AWP."""
+    """Chapter 6, weight-space flatness and AWP (threat model, evaluation attack and path from the ``rb`` section).
 
-    gamma: float = 0.01
+    Robust overfitting needs more capacity than data: the small CNN underfits the robust objective on
+    thousands of images, so AT and AWP train on a tiny set for many epochs.
+    """
+
+    # adversarial training, identical for AT and AWP apart from the weight perturbation
+    n_train: int = 100  # training images (a seeded subset of the training split)
+    clean_epochs: int = 10  # ordinary training first: PGD training from scratch can stall at chance on so few
+    clean_lr: float = 0.01
+    epochs: int = 100  # adversarial-training epochs
+    batch_size: int = 20
+    lr: float = 0.05
+    schedule: str = "garipov"  # constant for half the run, then decaying (AWP trains with step decays)
+    weight_decay: float = 5e-4
+    at_steps: int = 3  # PGD steps per training example
+    gamma: float = 0.01  # AWP's layer-wise relative radius (Wu et al.: 0.01 for PGD-AT)
+    warmup_epochs: int = 10  # AWP-free epochs first: AWP from the first AT epoch can collapse to chance here
+    n_seeds: int = 2  # training seeds SEED, SEED + 1, ... (data fixed by SEED)
+    # robust accuracy during training (the rb section's PGD)
+    eval_every: int = 10  # epochs
+    n_eval_test: int = 500  # test images; the robust training accuracy uses the whole training set
+    # flatness of the final networks (Stutz et al. 2021)
+    n_flatness: int = 500  # test images
+    xi: float = 0.5  # average-case: relative radius of the random weight perturbation
+    n_weight_samples: int = 5
+    worst_xi: float = 0.003  # worst-case: relative radius of the jointly optimised weight perturbation
+    worst_steps: int = 10
+    # 1-D robust-loss curves along a filter-normalised direction (Li et al. 2018)
+    alphas: tuple[float, ...] = (-0.5, -0.4, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+    n_curve: int = 200  # test images
+    # flatness along the regular-adversarial path
+    path_points: int = 6
+    path_weight_samples: int = 3
+    n_path: int = 200  # test images
 
 
 @dataclass(frozen=True)
@@ -203,7 +235,9 @@ _SMOKE = replace(
     rb=RobustnessSettings(at_steps=2, at_epochs=1, curve_steps=8, robust_curve_steps=4,
                           eval_steps=2, n_eval=64, n_bn_images=128, n_points=3, ensemble_size=2),
     hs=CurvatureSettings(n_samples=8, batch_size=8, n_power_check=4, power_iters=10, reference_batch_size=4),
-    awp=FlatnessSettings(),
+    awp=FlatnessSettings(n_train=32, clean_epochs=1, epochs=2, warmup_epochs=1, batch_size=16, at_steps=1, n_seeds=2,
+                         eval_every=1, n_eval_test=32, n_flatness=32, n_weight_samples=1, worst_steps=1, alphas=(-0.2, 0.0, 0.2),
+                         n_curve=16, path_points=2, path_weight_samples=1, n_path=16),
 )
 
 _PAPER = Profile(
@@ -225,7 +259,9 @@ _PAPER = Profile(
                           n_eval=10_000, n_bn_images=5_000, n_points=31, ensemble_size=11),
     hs=CurvatureSettings(n_samples=1000, batch_size=200, n_power_check=200, power_tol=1e-4, reference_batch_size=200,
                          reference_batches=50),
-    awp=FlatnessSettings(gamma=0.01),
+    awp=FlatnessSettings(n_train=45_000, clean_epochs=0, epochs=200, warmup_epochs=0, batch_size=128, lr=0.1, at_steps=10,
+                         gamma=0.01, n_seeds=2, eval_every=10, n_eval_test=1000, n_flatness=1000, n_weight_samples=10,
+                         worst_steps=20, n_curve=1000, path_points=11, path_weight_samples=5, n_path=1000),
 )
 
 _BY_NAME = {p.name: p for p in (_CPU, _SMOKE, _PAPER)}

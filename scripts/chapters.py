@@ -29,7 +29,7 @@ def run(profile: str = "cpu", out_dir: str | None = None) -> dict[str, float]:
     import papermill
 
     os.environ.setdefault("MCAR_QUIET", "1")
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    # no MPLBACKEND here: the kernel must use its inline backend, or the figures vanish from the outputs
     timings: dict[str, float] = {}
     for path in chapter_paths():
         out = path if out_dir is None else Path(out_dir) / path.name

@@ -65,6 +65,17 @@ def test_no_hand_typed_numbers_in_prose_without_glue(path):
         assert not re.search(r"\b\d+(\.\d+)?\s?%", text), f"{path.name}: typed percentage in prose: {cell.source[:120]!r}"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_glued_values_are_plain_python(path):
+    """MyST formats a glued number from its text repr: ``np.float64(86.0)`` or ``tensor(0.5)`` breaks the build."""
+    for cell in _code_cells(path):
+        for output in cell.outputs:
+            for mime, text in output.get("data", {}).items():
+                if mime.endswith("text/plain") and "papermill.record" in mime:
+                    assert not re.match(r"\s*(np\.|numpy\.|tensor\()", text), (
+                        f"{path.name}: glued value {text!r} is not a plain Python value; glue float(x) or x.item()")
+
+
 def _requirement_set(items):
     return {re.sub(r"\s+", "", item).lower() for item in items}
 
