@@ -17,6 +17,7 @@ that needs "a normally trained network" gets the same one.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import asdict
@@ -232,9 +233,14 @@ def fingerprint(obj: LabeledImages | nn.Module | torch.Tensor) -> str:
 
 
 def describe(model: nn.Module) -> str:
-    """The module tree with every layer's settings (``repr``): part of cache keys, so a checkpoint made
-    for an older version of an architecture (say, another stride) is never loaded into a newer one."""
-    return repr(model)
+    """A short hash of the model's class source and its module tree (every layer's settings): part of cache
+    keys, so a checkpoint made for an older version of an architecture (another stride, another forward) is
+    never loaded into a newer one whose parameter shapes happen to match."""
+    try:
+        source = inspect.getsource(type(model))
+    except (OSError, TypeError):  # classes defined interactively have no source file
+        source = type(model).__qualname__
+    return hashlib.sha256((source + repr(model)).encode()).hexdigest()[:16]
 
 
 def trained(profile: Profile, splits: Splits, *, seed: int, device: str | torch.device = "auto",

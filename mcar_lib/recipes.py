@@ -13,8 +13,6 @@ batch-norm statistics along a path come from the defender's data (``bn_data``), 
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Literal
@@ -83,26 +81,6 @@ def eval_data(cfg: Profile, splits: Splits) -> LabeledImages:
     return splits.test.subset(slice(0, min(cfg.rb.n_eval, len(splits.test))))
 
 
-def fingerprint(module: nn.Module) -> str:
-    """A short hash of a module's state (parameters and buffers): part of the keys of anything built on it."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def architecture_id(module: nn.Module) -> str:
-    """A short hash of the module's class source (or its repr): part of every key, so a checkpoint made for an
-    earlier version of an architecture whose parameter shapes did not change is never loaded into the new one."""
-    try:
-        text = inspect.getsource(type(module))
-    except (OSError, TypeError):
-        text = repr(module)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
 # -------------------------------------------------------------------------------------------- endpoints
 
 def regular_model(cfg: Profile, splits: Splits, seed: int, *, member: int = 0, device: str | torch.device = "auto",
@@ -135,7 +113,7 @@ def adversarial_model(cfg: Profile, splits: Splits, seed: int, *, member: int = 
             torch.manual_seed(init_seed)
             return models.build(cfg.model, **arch).to(dev)
 
-    key["architecture"] = architecture_id(models.build(cfg.model, **arch))
+    key["architecture"] = models.describe(models.build(cfg.model, **arch))
 
     def fit(model: nn.Module) -> nn.Module:
         data = loader(splits.train, cfg.batch_size, shuffle=True, seed=init_seed)
@@ -183,8 +161,8 @@ def robust_pair_curve(cfg: Profile, splits: Splits, pair: Pair = "regular-advers
     sgd = train.SGDConfig(lr=rb.curve_lr, momentum=0.9, weight_decay=cfg.mc.curve_weight_decay,
                           schedule=cfg.mc.curve_schedule)
     key = {"name": f"{cfg.model}-curve-{pair}-{loss}", "profile": cfg.name, "dataset": splits.dataset,
-           "data": models.fingerprint(splits.train), "a": fingerprint(a), "b": fingerprint(b),
-           "architecture": architecture_id(a), "kind": rb.curve_kind, "n_bends": rb.n_bends, "steps": steps,
+           "data": models.fingerprint(splits.train), "a": models.fingerprint(a), "b": models.fingerprint(b),
+           "architecture": models.describe(a), "kind": rb.curve_kind, "n_bends": rb.n_bends, "steps": steps,
            "batch_size": cfg.batch_size, "sgd": asdict(sgd), "seed": seed,
            "loss": asdict(loss_fn.attack) if isinstance(loss_fn, adversarial.RobustLoss) else "cross_entropy"}
 
@@ -230,8 +208,8 @@ def path_table(cfg: Profile, splits: Splits, pair: Pair = "regular-adversarial",
     ``robust_loss``, ``robust_accuracy`` (PGD on the first ``n_eval`` test images).
     """
     curve = robust_pair_curve(cfg, splits, pair, loss, seed=seed, device=device, show_progress=show_progress)
-    key = {"name": f"path-{pair}-{loss}", "profile": cfg.name, "curve": fingerprint(curve),
-           "architecture": architecture_id(curve.template),
+    key = {"name": f"path-{pair}-{loss}", "profile": cfg.name, "curve": models.fingerprint(curve),
+           "architecture": models.describe(curve.template),
            "test": models.fingerprint(splits.test), "bn": models.fingerprint(bn_data(cfg, splits)),
            "n_eval": cfg.rb.n_eval, "n_points": cfg.rb.n_points, "attack": asdict(eval_attack(cfg)),
            "eval_batch_size": cfg.eval_batch_size}
@@ -255,8 +233,8 @@ def path_ensemble(cfg: Profile, splits: Splits, pair: Pair = "regular-adversaria
     white-box attack on the averaged prediction (:class:`mcar_lib.attacks.Ensemble`).
     """
     curve = robust_pair_curve(cfg, splits, pair, loss, seed=seed, device=device, show_progress=show_progress)
-    key = {"name": f"ensemble-{pair}-{loss}", "profile": cfg.name, "curve": fingerprint(curve),
-           "architecture": architecture_id(curve.template),
+    key = {"name": f"ensemble-{pair}-{loss}", "profile": cfg.name, "curve": models.fingerprint(curve),
+           "architecture": models.describe(curve.template),
            "test": models.fingerprint(splits.test), "bn": models.fingerprint(bn_data(cfg, splits)),
            "n_eval": cfg.rb.n_eval, "size": cfg.rb.ensemble_size, "attack": asdict(eval_attack(cfg)),
            "eval_batch_size": cfg.eval_batch_size}

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mcar_lib.data import LabeledImages, batches, loader, split_off
+from mcar_lib.models import fingerprint
 from mcar_lib.repro import model_device
 from mcar_lib.train import SGDConfig, cross_entropy_loss, evaluate, evaluation_mode, fit
 
@@ -144,15 +145,6 @@ def _heldout_accuracy(model: nn.Module, data: LabeledImages, batch_size: int) ->
 
 
 # ----------------------------------------------------------------------------------------------- baselines
-
-def fingerprint(obj: nn.Module | LabeledImages) -> str:
-    """A cheap summary of a model's weights or a data set, added to cache keys so that a changed endpoint
-    or bonafide set can never pick up a stale cache entry."""
-    if isinstance(obj, LabeledImages):
-        return f"{len(obj)}:{obj.x.double().sum().item():.10e}:{int(obj.y.sum())}"
-    total = sum(float(t.double().sum()) for t in obj.state_dict().values() if t.is_floating_point())
-    return f"{sum(p.numel() for p in obj.parameters())}:{total:.10e}"
-
 
 def _trained(cache_config: Mapping[str, Any] | None, extra: Mapping[str, Any], build: Callable[[], nn.Module],
              train: Callable[[nn.Module], nn.Module]) -> nn.Module:

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from mcar_lib import profiles, recipes
+from mcar_lib import models, profiles, recipes
 from mcar_lib.data import LabeledImages, Splits
 
 
@@ -54,7 +54,7 @@ def test_curve_and_table_come_back_from_the_cache_with_the_pair_as_endpoints() -
 def test_members_are_independent_and_names_are_checked() -> None:
     cfg, splits = tiny_profile(), synthetic_splits()
     a, b = recipes.pair_endpoints(cfg, splits, "regular-regular", 0, device="cpu")
-    assert recipes.fingerprint(a) != recipes.fingerprint(b)
+    assert models.fingerprint(a) != models.fingerprint(b)
     with pytest.raises(ValueError, match="pair"):
         recipes.robust_pair_curve(cfg, splits, "regular-robust", "standard")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="curve loss"):
