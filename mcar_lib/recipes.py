@@ -200,6 +200,14 @@ def path_metrics(cfg: Profile, splits: Splits) -> dict[str, paths.Metric]:
             "robust_loss": lambda m: robust(m)["loss"], "robust_accuracy": lambda m: robust(m)["accuracy"]}
 
 
+def _evaluation_key(name: str, cfg: Profile, splits: Splits, curve: curves.Curve, **extra: object) -> dict[str, object]:
+    """The cache key of a measurement along ``curve``: the curve, the test and batch-norm data, the attack."""
+    return {"name": name, "profile": cfg.name, "curve": models.fingerprint(curve),
+            "architecture": models.describe(curve.template), "test": models.fingerprint(splits.test),
+            "bn": models.fingerprint(bn_data(cfg, splits)), "n_eval": cfg.rb.n_eval,
+            "attack": asdict(eval_attack(cfg)), "eval_batch_size": cfg.eval_batch_size, **extra}
+
+
 def path_table(cfg: Profile, splits: Splits, pair: Pair = "regular-adversarial", loss: CurveLoss = "standard", *,
                seed: int = 0, device: str | torch.device = "auto", show_progress: bool = False) -> pd.DataFrame:
     """Clean and robust test loss and accuracy along the trained curve, at ``cfg.rb.n_points`` values of t (cached).
@@ -208,11 +216,7 @@ def path_table(cfg: Profile, splits: Splits, pair: Pair = "regular-adversarial",
     ``robust_loss``, ``robust_accuracy`` (PGD on the first ``n_eval`` test images).
     """
     curve = robust_pair_curve(cfg, splits, pair, loss, seed=seed, device=device, show_progress=show_progress)
-    key = {"name": f"path-{pair}-{loss}", "profile": cfg.name, "curve": models.fingerprint(curve),
-           "architecture": models.describe(curve.template),
-           "test": models.fingerprint(splits.test), "bn": models.fingerprint(bn_data(cfg, splits)),
-           "n_eval": cfg.rb.n_eval, "n_points": cfg.rb.n_points, "attack": asdict(eval_attack(cfg)),
-           "eval_batch_size": cfg.eval_batch_size}
+    key = _evaluation_key(f"path-{pair}-{loss}", cfg, splits, curve, n_points=cfg.rb.n_points)
 
     def compute() -> dict[str, torch.Tensor]:
         ts = torch.linspace(0.0, 1.0, cfg.rb.n_points, dtype=torch.float64).tolist()
@@ -233,11 +237,7 @@ def path_ensemble(cfg: Profile, splits: Splits, pair: Pair = "regular-adversaria
     white-box attack on the averaged prediction (:class:`mcar_lib.attacks.Ensemble`).
     """
     curve = robust_pair_curve(cfg, splits, pair, loss, seed=seed, device=device, show_progress=show_progress)
-    key = {"name": f"ensemble-{pair}-{loss}", "profile": cfg.name, "curve": models.fingerprint(curve),
-           "architecture": models.describe(curve.template),
-           "test": models.fingerprint(splits.test), "bn": models.fingerprint(bn_data(cfg, splits)),
-           "n_eval": cfg.rb.n_eval, "size": cfg.rb.ensemble_size, "attack": asdict(eval_attack(cfg)),
-           "eval_batch_size": cfg.eval_batch_size}
+    key = _evaluation_key(f"ensemble-{pair}-{loss}", cfg, splits, curve, size=cfg.rb.ensemble_size)
 
     def compute() -> dict[str, torch.Tensor]:
         if cfg.rb.ensemble_size < 2:
