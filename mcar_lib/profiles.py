@@ -39,7 +39,29 @@ class CurvesSettings:
 
 
 @dataclass(frozen=True)
-class BackdoorSettings:
+class PathRepairSettings:
+    """The defender's side, shared by chapters 2 and 3: the held-out slice and the rule that choose t, path
+    training (Bezier, one bend) and the baselines it is compared with."""
+
+    holdout_fraction: float = 0.2  # share of each bonafide set kept aside to choose t
+    n_t: int = 11  # candidate and plotted t, evenly spaced in [0, 1]
+    t_tolerance: float = 3.0  # points of held-out accuracy the t rule may give up
+    # path training; L2 penalty on w(t) as in the paper, stronger at this scale
+    curve_steps: int = 500
+    curve_batch_size: int = 64
+    curve_lr: float = 0.3
+    curve_schedule: str = "cosine"
+    curve_weight_decay: float = 1e-2
+    # fine-tuning with the path's optimiser at the midpoint's effective step (curve_lr / 4), and with the
+    # reference code's gentle recipe; the noisy model's scale
+    finetune_lr: float = 0.075
+    reference_finetune_lr: float = 0.01
+    reference_finetune_weight_decay: float = 5e-4
+    noisy_scale: float = 0.5
+
+
+@dataclass(frozen=True)
+class BackdoorSettings(PathRepairSettings):
     """Chapter 2, backdoor repair: the BadNets attack, the endpoints, path repair and its baselines."""
 
     # the attack: all-to-one BadNets with a white square near the bottom-right corner
@@ -51,25 +73,11 @@ class BackdoorSettings:
     # clean one is chapter 1's endpoint when these match cfg.mc
     endpoint_epochs: int = 3
     endpoint_lr: float = 0.05
-    # the defender: bonafide set sizes, and the slice of each kept aside to choose t
+    # the defender: bonafide set sizes (the rest of the defender's settings: PathRepairSettings)
     bonafide_sizes: tuple[int, ...] = (2500, 1000, 500, 250, 50)
-    holdout_fraction: float = 0.2
-    n_t: int = 11  # candidate and plotted t, evenly spaced in [0, 1]
-    t_tolerance: float = 3.0  # points of held-out accuracy the t rule may give up
-    # path training (Bezier, one bend); L2 penalty on w(t) as in the paper, stronger at this scale
-    curve_steps: int = 500
-    curve_batch_size: int = 64
-    curve_lr: float = 0.3
-    curve_schedule: str = "cosine"
-    curve_weight_decay: float = 1e-2
-    # baselines: fine-tuning with the path's optimiser at the midpoint's effective step (curve_lr / 4), and
-    # with the reference code's gentle recipe; training from scratch; noisy model; fine-pruning
-    finetune_lr: float = 0.075
-    reference_finetune_lr: float = 0.01
-    reference_finetune_weight_decay: float = 5e-4
+    # baselines only this chapter has: training from scratch, fine-pruning
     scratch_steps: int = 300
     scratch_lr: float = 0.05
-    noisy_scale: float = 0.5
     prune_tolerance: float = 4.0
     prune_step: int = 1
     prune_finetune_steps: int = 300
@@ -77,7 +85,7 @@ class BackdoorSettings:
 
 
 @dataclass(frozen=True)
-class FaultSettings:
+class FaultSettings(PathRepairSettings):
     """Chapter 3, error injection: fault sneaking into the two clean endpoints of chapter 1, path repair and its
     baselines, and single bit flips."""
 
@@ -91,21 +99,8 @@ class FaultSettings:
     sneak_lr: float = 0.1
     sneak_schedule: str = "cosine"
     kappa: float = 1.0  # margin of the C&W loss, in logits
-    # the defender: bonafide set sizes, the held-out slice and the rule that choose t (as in chapter 2)
+    # the defender: bonafide set sizes; t rule, path training and baselines as in chapter 2 (PathRepairSettings)
     bonafide_sizes: tuple[int, ...] = (2500, 250)
-    holdout_fraction: float = 0.2
-    n_t: int = 11
-    t_tolerance: float = 3.0
-    # path training (Bezier, one bend) and the baselines, with the backdoor chapter's settings
-    curve_steps: int = 500
-    curve_batch_size: int = 64
-    curve_lr: float = 0.3
-    curve_schedule: str = "cosine"
-    curve_weight_decay: float = 1e-2
-    finetune_lr: float = 0.075  # matched fine-tuning: a quarter of curve_lr (the midpoint's effective step)
-    reference_finetune_lr: float = 0.01
-    reference_finetune_weight_decay: float = 5e-4
-    noisy_scale: float = 0.5
     # bit flips: exponent bit 30 of single weights drawn at random, one at a time
     flip_bit: int = 30
     n_flips: int = 40
