@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from mcar_lib.attacks import _input_gradient as loss_input_gradient
 from mcar_lib.data import LabeledImages, batches
 from mcar_lib.repro import model_device
 from mcar_lib.train import evaluation_mode
@@ -518,10 +519,8 @@ def compare_batched_and_loop(model: nn.Module, x: Tensor, y: Tensor, *, iters: i
 def input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     """Each sample's input gradient ``∇ₓ ℓ(f(xᵢ), yᵢ)`` (of the summed loss, in eval mode): the first-order term."""
     x, y = _prepare_inputs(model, x, y)
-    with evaluation_mode(model), torch.enable_grad():
-        xg = x.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)
-    return grad.detach()
+    with evaluation_mode(model):
+        return loss_input_gradient(model, x, y)  # the very gradient each PGD step follows
 
 
 def _input_jacobian(model: nn.Module, x: Tensor, *, max_rows: int = 4096) -> tuple[Tensor, Tensor]:
