@@ -177,10 +177,10 @@ def weight_change(before: nn.Module, after: nn.Module, names: Sequence[str] | No
     chosen = resolve_names(before, names) if names is not None else list(a)
     sq, changed, total = 0.0, 0, 0
     for name in chosen:
-        delta = (b[name].detach().to(a[name].device) - a[name].detach()).double()
-        sq += float((delta ** 2).sum())
-        changed += int((b[name].detach().to(a[name].device) != a[name].detach()).sum())
-        total += a[name].numel()
+        old, new = a[name].detach(), b[name].detach().to(a[name].device)
+        sq += float(((new - old).double() ** 2).sum())
+        changed += int((new != old).sum())
+        total += old.numel()
     return WeightChange(l2_norm=sq ** 0.5, n_modified=changed, n_total=total)
 
 
