@@ -1,7 +1,7 @@
 """The benchmark suite: speed as ratios measured in one run on one machine, plus per-chapter timings.
 
-    .venv/bin/python benchmarks/run.py            # everything (about 15 minutes on 2 cores)
-    .venv/bin/python benchmarks/run.py --no-book  # only the operation ratios (about 2 minutes)
+    .venv/bin/python benchmarks/run.py            # everything (about 10 minutes on 2 cores)
+    .venv/bin/python benchmarks/run.py --no-book  # only the operation ratios (under a minute)
     .venv/bin/python benchmarks/run.py --book-from timings.json  # chapter times from a `chapters.py run`
 
 Writes ``benchmarks/results.json``: a flat mapping from each measurement's name to a number, plus a
