@@ -102,18 +102,18 @@ def adversarial_model(cfg: Profile, splits: Splits, seed: int, *, member: int = 
     sgd = train.SGDConfig(lr=rb.at_lr, momentum=0.9, weight_decay=cfg.mc.endpoint_weight_decay,
                           schedule=cfg.mc.endpoint_schedule)
     loss = training_loss(cfg)
+    with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG alone
+        architecture = models.describe(models.build(cfg.model, **arch))
     key = {"name": f"{cfg.model}-adversarial", "profile": cfg.name, "dataset": splits.dataset,
            "data": models.fingerprint(splits.train), "n_train": len(splits.train), "model": cfg.model,
            "arch": arch, "seed": init_seed, "epochs": rb.at_epochs, "batch_size": cfg.batch_size,
            "sgd": asdict(sgd), "attack": asdict(loss.attack) if hasattr(loss.attack, "__dataclass_fields__") else
-           repr(loss.attack)}
+           repr(loss.attack), "architecture": architecture}
 
     def make() -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             return models.build(cfg.model, **arch).to(dev)
-
-    key["architecture"] = models.describe(models.build(cfg.model, **arch))
 
     def fit(model: nn.Module) -> nn.Module:
         data = loader(splits.train, cfg.batch_size, shuffle=True, seed=init_seed)
