@@ -13,25 +13,44 @@ are in pixel units.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, Union
 
 import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from mcar_lib.cache import cache_root
+from mcar_lib.cache import cache_root, fingerprint
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the four gzipped IDX files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 #: Environment variable naming a directory that holds data sets (checked before anything else).
 DATA_DIR_ENV = "MCAR_DATA_DIR"
 
-DATASETS = ("fashion_mnist", "cifar10", "svhn")
+DatasetName = Literal["fashion_mnist", "cifar10", "svhn"]
+DATASETS: tuple[str, ...] = ("fashion_mnist", "cifar10", "svhn")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a profile needs to know about a data set before loading it: image shape and split sizes."""
+
+    image_shape: tuple[int, int, int]
+    n_train: int
+    n_test: int
+
+
+DATASET_INFO: dict[str, DatasetInfo] = {
+    "fashion_mnist": DatasetInfo((1, 28, 28), 60_000, 10_000),
+    "cifar10": DatasetInfo((3, 32, 32), 50_000, 10_000),
+    "svhn": DatasetInfo((3, 32, 32), 73_257, 26_032),
+}
 CLASS_NAMES = {
     "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
@@ -76,6 +95,10 @@ class LabeledImages(Dataset):
     def to(self, device: str | torch.device) -> LabeledImages:
         return LabeledImages(self.x.to(device), self.y.to(device))
 
+    def __cache_key__(self) -> dict[str, Any]:
+        """What identifies the data in a cache key: a hash of the images and labels, and the size."""
+        return {"data": fingerprint(self.x, self.y), "n": len(self)}
+
     @property
     def shape(self) -> tuple[int, int, int]:
         """C, H, W of one image."""
@@ -93,8 +116,78 @@ def loader(data: LabeledImages, batch_size: int, *, shuffle: bool = False, seed:
 
 def batches(data: LabeledImages, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
     """Consecutive batches in order (for evaluation)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     for start in range(0, len(data), batch_size):
         yield data.x[start:start + batch_size], data.y[start:start + batch_size]
+
+
+#: Batch size used where a :class:`LabeledImages` is given where batches are expected.
+DEFAULT_BATCH_SIZE = 256
+Batches = Iterable[tuple[Tensor, Tensor]]
+#: A data set, or anything that yields ``(x, y)`` batches when iterated (a ``DataLoader``, a list of pairs).
+BatchSource = Union[LabeledImages, Batches]
+
+
+def iter_batches(source: BatchSource, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[tuple[Tensor, Tensor]]:
+    """One pass over ``source``: consecutive batches of a :class:`LabeledImages`, or the source's own batches.
+
+    The one adapter every function that reads data goes through. A re-iterable source (a loader, a list) can be
+    passed again for another pass; a generator yields only once.
+    """
+    if isinstance(source, LabeledImages):
+        return batches(source, batch_size)
+    if isinstance(source, Tensor):
+        raise TypeError("pass (x, y) batches or a LabeledImages, not a bare tensor")
+    return iter(source)  # type: ignore[arg-type]
+
+
+def iter_inputs(source: BatchSource | Iterable[Tensor], batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[Tensor]:
+    """The inputs of one pass over ``source`` (items may be ``(x, y)`` pairs or bare input tensors)."""
+    items = batches(source, batch_size) if isinstance(source, LabeledImages) else iter(source)
+    for item in items:
+        yield item[0] if isinstance(item, (tuple, list)) else item
+
+
+def batch_list(source: BatchSource, batch_size: int = DEFAULT_BATCH_SIZE, *,
+               device: torch.device | str | None = None) -> list[tuple[Tensor, Tensor]]:
+    """``source``'s batches as a list (optionally moved to ``device``), for measurements that pass over the same
+    data many times; an empty source is an error."""
+    out = [(x, y) if device is None else (x.to(device), y.to(device)) for x, y in iter_batches(source, batch_size)]
+    if not out or sum(len(y) for _, y in out) == 0:
+        raise ValueError("the data set is empty; pass a LabeledImages or an iterable of (x, y) batches")
+    return out
+
+
+class StepBatches:
+    """Exactly ``steps`` shuffled mini-batches, cycling through ``data`` (reshuffled, seeded, every pass).
+
+    A training budget in steps rather than epochs is the same for every data-set size N (the reference code
+    did the same by tiling its bonafide sets to a fixed number of samples per epoch). Has ``len`` so
+    learning-rate schedules work; iterating it twice gives the same batches.
+    """
+
+    def __init__(self, data: LabeledImages, batch_size: int, steps: int, *, seed: int = 0) -> None:
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        if len(data) == 0:
+            raise ValueError("cannot train on an empty data set")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.data, self.batch_size, self.steps, self.seed = data, batch_size, steps, seed
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        done, sweep = 0, 0
+        while True:
+            for batch in loader(self.data, self.batch_size, shuffle=True, seed=self.seed + sweep):
+                if done == self.steps:
+                    return
+                yield batch
+                done += 1
+            sweep += 1
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -114,9 +207,26 @@ def _find_idx_files(folder: Path) -> Path | None:
     return None
 
 
+def _source_id(source: Path) -> str:
+    """A short hash of where the IDX files are and which versions they are (size and modification time), so
+    that another folder, or a changed file, is staged afresh instead of reusing an earlier copy."""
+    digest = hashlib.sha256(str(source.resolve()).encode())
+    for name in _FMNIST_FILES:
+        for candidate in (source / name, source / f"{name}.gz"):
+            if candidate.exists():
+                info = candidate.stat()
+                digest.update(f"{candidate.name}:{info.st_size}:{info.st_mtime_ns}".encode())
+                break
+    return digest.hexdigest()[:16]
+
+
 def _stage_as_torchvision(source: Path) -> Path:
-    """Copy (and un-gzip) IDX files into torchvision's layout under the cache, atomically; return the root."""
-    root = cache_root() / "data"
+    """Copy (and un-gzip) IDX files into torchvision's layout under the cache, atomically; return the root.
+
+    The staging folder is keyed by the source (:func:`_source_id`): pointing ``$MCAR_DATA_DIR`` at another
+    folder changes the data, never silently returns the first folder's images.
+    """
+    root = cache_root() / "data" / f"fashion-mnist-{_source_id(source)}"
     raw = root / "FashionMNIST" / "raw"
     if all((raw / f).exists() for f in _FMNIST_FILES):
         return root
