@@ -19,7 +19,8 @@ from typing import Protocol
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mcar_lib.attacks import PGD, Attack, BNMode, Model, Norm, fgsm_rs
+from mcar_lib.attacks import PGD, Attack, Model, Norm, fgsm_rs
+from mcar_lib.modes import BNMode
 from mcar_lib.train import History, LossFn, SGDConfig, fit
 
 
@@ -33,7 +34,13 @@ class RobustLoss:
     attack: Attack
 
     def craft(self, model: Model, x: Tensor, y: Tensor) -> Tensor:
-        """``x_adv`` against ``model`` (the attack runs in eval mode; BN statistics and modes untouched)."""
+        """``x_adv`` against ``model`` (the attack runs in eval mode; BN statistics and modes untouched).
+
+        The inputs are not re-validated here (that costs a host-device synchronisation per step): the
+        training loop checked its data once.
+        """
+        if isinstance(self.attack, PGD):
+            return self.attack(model, x, y, validate=False)
         return self.attack(model, x, y)
 
     def loss_on(self, model: Model, x_adv: Tensor, y: Tensor) -> Tensor:

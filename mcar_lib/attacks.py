@@ -15,26 +15,23 @@ any model-like callable: a plain function, an ``nn.Module``, a curve's point ``c
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from mcar_lib.checks import check_finite_weights, check_labels
+from mcar_lib.data import BatchSource, iter_batches
+from mcar_lib.modes import BN_MODES, BNMode, attack_mode
 from mcar_lib.repro import model_device
-from mcar_lib.train import evaluation_mode
 
 Model = Callable[[Tensor], Tensor]
 Norm = Literal["linf", "l2"]
-BNMode = Literal["eval", "batch"]
-BN_MODES = ("eval", "batch")
-Batches = Iterable[tuple[Tensor, Tensor]]
-NORMS = ("linf", "l2")
+NORMS: tuple[str, ...] = ("linf", "l2")
 
 
 class Attack(Protocol):
@@ -49,49 +46,6 @@ def _device_of(model: Model, fallback: torch.device) -> torch.device:
     return model_device(model) if isinstance(model, nn.Module) else fallback
 
 
-@contextlib.contextmanager
-def attack_mode(model: Model, bn: BNMode = "eval") -> Iterator[Model]:
-    """The mode an attack runs in, for the block; every flag the caller had is restored afterwards.
-
-    ``bn="eval"``: the whole model in eval mode (batch norm uses its running statistics; nothing is updated).
-    ``bn="batch"``: batch norm normalises with each batch's own statistics, still without updating any running
-    average; everything else in eval mode. That is the network a train-mode step actually computes, and the
-    only choice for a point of a curve during curve training (an interior point has no running statistics
-    yet; ``curve.point(t)`` in train mode writes its batch statistics to throw-away buffers).
-    Plain callables (not ``nn.Module``) are used as they are.
-    """
-    if bn not in BN_MODES:
-        raise ValueError(f"unknown bn mode {bn!r}; choose 'eval' (running statistics) or 'batch' (batch "
-                         "statistics, nothing updated)")
-    if not isinstance(model, nn.Module):
-        yield model
-        return
-    with evaluation_mode(model):
-        if bn == "eval":
-            yield model
-            return
-        if _is_curve_point(model):
-            model.train()  # its forward writes BN statistics to the curve's scratch buffers only
-            yield model
-            return
-        layers = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-        tracking = [m.track_running_stats for m in layers]
-        for m in layers:  # train mode without tracking: batch statistics, no running-average update
-            m.train()
-            m.track_running_stats = False
-        try:
-            yield model
-        finally:
-            for m, flag in zip(layers, tracking):
-                m.track_running_stats = flag
-
-
-def _is_curve_point(model: nn.Module) -> bool:
-    from mcar_lib import curves  # imported lazily: curves does not depend on attacks
-
-    return isinstance(model, curves.CurvePoint)
-
-
 def _check_budget(eps: float, norm: str) -> None:
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; choose 'linf' or 'l2'")
@@ -99,20 +53,25 @@ def _check_budget(eps: float, norm: str) -> None:
         raise ValueError(f"eps must be a finite non-negative budget in pixel units, got {eps}")
 
 
-def _check_images(x: Tensor, y: Tensor) -> None:
-    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+def check_images(x: Tensor, y: Tensor) -> None:
+    """Images must be a float batch in [0, 1] (NaN and inf fail too) with one integer label each.
+
+    One reduction and one host-device synchronisation for the whole batch.
+    """
+    if x.ndim < 2:
         raise ValueError(f"expected x of shape N×... and y of N labels, got {tuple(x.shape)} and {tuple(y.shape)}")
+    check_labels(y, len(x))
     if not x.is_floating_point():
         raise TypeError(f"x must be a float tensor of images in [0, 1], got dtype {x.dtype}")
     if len(x):
-        low, high = (v.item() for v in torch.aminmax(x.detach()))  # one pass, one host sync
-        if low < 0 or high > 1:
-            raise ValueError(f"x must hold images in [0, 1] (got min {low:.3g}, max {high:.3g}); normalise "
-                             "inside the model, not in the data")
+        low, high = (v.item() for v in torch.aminmax(x.detach()))
+        if not (0.0 <= low and high <= 1.0):  # NaN fails every comparison, so it is caught here too
+            raise ValueError(f"x must hold finite images in [0, 1] (got min {low:.3g}, max {high:.3g}); normalise "
+                             "inside the model, not in the data, and remove NaN/inf")
 
 
-def _per_sample_norm(v: Tensor) -> Tensor:
-    """l2 norm of each sample, shaped N×1×1×... for broadcasting."""
+def per_sample_norm(v: Tensor) -> Tensor:
+    """The l2 norm of each sample of a batch, shaped N×1×1×... for broadcasting."""
     return v.flatten(1).norm(dim=1).view(-1, *([1] * (v.ndim - 1)))
 
 
@@ -124,7 +83,7 @@ def _uniform_noise(x: Tensor, eps: float, norm: Norm, generator: torch.Generator
         return (noise * eps).to(x.device)
     # uniform in the l2 ball: a Gaussian direction, radius eps·u^(1/d)
     direction = torch.randn(x.shape, generator=generator, device=where, dtype=x.dtype)
-    direction = direction / _per_sample_norm(direction).clamp_min(1e-12)
+    direction = direction / per_sample_norm(direction).clamp_min(1e-12)
     d = x[0].numel()
     u = torch.rand((len(x),) + (1,) * (x.ndim - 1), generator=generator, device=where, dtype=x.dtype)
     return (direction * eps * u.pow(1.0 / d)).to(x.device)
@@ -134,7 +93,7 @@ def _project(delta: Tensor, eps: float, norm: Norm) -> Tensor:
     """Project perturbations back onto the ``norm`` ball of radius ``eps``."""
     if norm == "linf":
         return delta.clamp(-eps, eps)
-    scale = (eps / _per_sample_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+    scale = (eps / per_sample_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
     return delta * scale
 
 
@@ -142,11 +101,12 @@ def _ascent_direction(grad: Tensor, norm: Norm) -> Tensor:
     """The steepest-ascent direction of unit ``norm`` size: sign for l∞, normalised gradient for l2."""
     if norm == "linf":
         return grad.sign()
-    return grad / _per_sample_norm(grad).clamp_min(1e-12)
+    return grad / per_sample_norm(grad).clamp_min(1e-12)
 
 
-def _input_gradient(model: Model, x: Tensor, y: Tensor) -> Tensor:
-    """∇ₓ of the summed cross-entropy: one forward, one backward to the input only (no parameter .grad)."""
+def input_gradient(model: Model, x: Tensor, y: Tensor) -> Tensor:
+    """∇ₓ of the summed cross-entropy, in the model's current mode: one forward, one backward to the input only
+    (no parameter ``.grad`` is touched). Each PGD step follows it; chapter 5 uses it as the first-order term."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         loss = F.cross_entropy(model(x), y, reduction="sum")
@@ -158,7 +118,7 @@ def _input_gradient(model: Model, x: Tensor, y: Tensor) -> Tensor:
 
 def pgd(model: Model, x: Tensor, y: Tensor, *, eps: float, alpha: float | None = None, steps: int = 10,
         norm: Norm = "linf", random_start: bool = True, restarts: int = 1,
-        bn: BNMode = "eval", generator: torch.Generator | None = None) -> Tensor:
+        bn: BNMode = "eval", generator: torch.Generator | None = None, validate: bool = True) -> Tensor:
     """Projected gradient ascent on the cross-entropy inside the ``norm`` ball of radius ``eps`` (Madry et al.).
 
     Each step moves by ``alpha`` (default ``2.5·eps/steps``) along the sign of the input gradient (l∞) or the
@@ -167,10 +127,12 @@ def pgd(model: Model, x: Tensor, y: Tensor, *, eps: float, alpha: float | None =
     the strongest result is kept (a misclassified one first, then the highest loss). The loss is *summed* over
     the batch, so the step does not depend on the batch size. ``bn`` chooses the batch-norm behaviour during the
     attack (see :func:`attack_mode`; running statistics are never updated). Returns ``x_adv`` (detached, on
-    ``x``'s device).
+    ``x``'s device). ``validate=False`` skips the input check (one host-device synchronisation), for training
+    loops that checked their data once already.
     """
     _check_budget(eps, norm)
-    _check_images(x, y)
+    if validate:
+        check_images(x, y)
     if steps < 0:
         raise ValueError(f"steps must be non-negative, got {steps}")
     if restarts < 1:
@@ -188,7 +150,7 @@ def pgd(model: Model, x: Tensor, y: Tensor, *, eps: float, alpha: float | None =
             delta = _uniform_noise(x0, eps, norm, generator) if random_start else torch.zeros_like(x0)
             x_adv = (x0 + delta).clamp(0.0, 1.0)
             for _ in range(steps):
-                step = alpha * _ascent_direction(_input_gradient(model, x_adv, y0), norm)
+                step = alpha * _ascent_direction(input_gradient(model, x_adv, y0), norm)
                 x_adv = (x0 + _project(x_adv + step - x0, eps, norm)).clamp(0.0, 1.0)
             if restarts == 1:
                 best = x_adv
@@ -247,9 +209,11 @@ class PGD:
             raise ValueError(f"PGD needs steps >= 0 and restarts >= 1, got steps={self.steps}, "
                              f"restarts={self.restarts}")
 
-    def __call__(self, model: Model, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, model: Model, x: Tensor, y: Tensor, *, generator: torch.Generator | None = None,
+                 validate: bool = True) -> Tensor:
         return pgd(model, x, y, eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm,
-                   random_start=self.random_start, restarts=self.restarts, bn=self.bn, generator=generator)
+                   random_start=self.random_start, restarts=self.restarts, bn=self.bn, generator=generator,
+                   validate=validate)
 
     @property
     def step_size(self) -> float:
@@ -284,27 +248,33 @@ class Ensemble(nn.Module):
 
 # ------------------------------------------------------------------------------------ robust evaluation
 
-def robust_evaluate(model: Model, data: Batches, attack: Attack, *, seed: int | None = 0) -> dict[str, float]:
+def robust_evaluate(model: Model, data: BatchSource, attack: Attack, *, seed: int | None = 0,
+                    batch_size: int = 512) -> dict[str, float]:
     """Robust loss (nats) and robust accuracy (%) of ``model``: mean CE and accuracy on ``attack``'s examples.
 
     ``attack(model, x, y)`` is called per batch (e.g. ``PGD(eps=0.1)``); with a ``seed`` the random starts
-    are reproducible (attacks that accept a ``generator`` get one seeded with it).
+    are reproducible (attacks that accept a ``generator`` get one seeded with it). A model with non-finite
+    weights is refused. Sums stay on the device and are read once at the end.
     """
     fallback = torch.device("cpu")
     device = _device_of(model, fallback)
+    if isinstance(model, nn.Module):
+        check_finite_weights(model, "the attacked model")
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    total_loss, correct, count = 0.0, 0, 0
-    for x, y in data:
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    count = 0
+    for x, y in iter_batches(data, batch_size):
         x, y = x.to(device), y.to(device)
         x_adv = _call_attack(attack, model, x, y, generator)
         with attack_mode(model), torch.no_grad():
             logits = model(x_adv)
-        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        total_loss += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
         count += len(y)
     if count == 0:
         raise ValueError("cannot evaluate robustness on an empty data set")
-    return {"loss": total_loss / count, "accuracy": 100.0 * correct / count}
+    return {"loss": float(total_loss) / count, "accuracy": 100.0 * int(correct) / count}
 
 
 def _call_attack(attack: Attack, model: Model, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -313,11 +283,11 @@ def _call_attack(attack: Attack, model: Model, x: Tensor, y: Tensor, generator: 
     return attack(model, x, y)
 
 
-def robust_accuracy(model: Model, data: Batches, attack: Attack, *, seed: int | None = 0) -> float:
+def robust_accuracy(model: Model, data: BatchSource, attack: Attack, *, seed: int | None = 0) -> float:
     """Accuracy (%) on adversarial examples crafted by ``attack`` against ``model`` itself."""
     return robust_evaluate(model, data, attack, seed=seed)["accuracy"]
 
 
-def robust_loss(model: Model, data: Batches, attack: Attack, *, seed: int | None = 0) -> float:
+def robust_loss(model: Model, data: BatchSource, attack: Attack, *, seed: int | None = 0) -> float:
     """Mean cross-entropy (nats) on adversarial examples crafted by ``attack`` against ``model`` itself."""
     return robust_evaluate(model, data, attack, seed=seed)["loss"]

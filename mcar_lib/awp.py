@@ -27,42 +27,25 @@ It plugs into :func:`mcar_lib.adversarial.fit_adversarial` as ``awp=AWP(gamma=..
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
+from mcar_lib import functional
 from mcar_lib.adversarial import RobustLoss
+from mcar_lib.functional import perturbable_names
 from mcar_lib.repro import model_device
 from mcar_lib.train import LossFn
 
-__all__ = ["AWP", "AWPLoss", "awp_perturbation", "functional_model", "perturbable_names", "shifted_params",
-           "training_steps"]
-
-
-def perturbable_names(model: nn.Module) -> list[str]:
-    """Names of the parameters AWP (and the flatness measures) perturb: those with at least two dimensions.
-
-    Biases and normalisation-layer scales and shifts are one-dimensional and excluded: the references leave
-    them alone, and a relative radius ‖w_l‖ says little about how much a per-channel shift may move.
-    """
-    return [name for name, p in model.named_parameters() if p.ndim > 1]
+__all__ = ["AWP", "AWPLoss", "awp_perturbation", "training_steps"]
 
 
 def _check_gamma(gamma: float) -> None:
     if not gamma >= 0.0:
         raise ValueError(f"gamma (the relative weight-perturbation radius) must be >= 0, got {gamma}")
-
-
-def functional_model(model: nn.Module, params: Mapping[str, Tensor]) -> Callable[[Tensor], Tensor]:
-    """``x ↦ f(x; params)`` through ``functional_call``: ``model`` with other weights, without touching it.
-
-    Entries of ``params`` may also name buffers; anything not named comes from ``model`` itself.
-    """
-    return lambda x: functional_call(model, dict(params), (x,))
 
 
 def _mean_cross_entropy(f: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> Tensor:
@@ -89,7 +72,10 @@ def awp_perturbation(model: nn.Module, x_adv: Tensor, y: Tensor, *, gamma: float
     params = dict(model.named_parameters())
     scratch_buffers = {name: b.clone() for name, b in model.named_buffers()}
     device = model_device(model)
-    f = functional_model(model, {**params, **scratch_buffers})
+
+    def f(x: Tensor) -> Tensor:
+        return functional.call(model, {**params, **scratch_buffers}, x)
+
     value = loss_on(f, x_adv.to(device), y.to(device))
     grads = torch.autograd.grad(value, [params[n] for n in names], allow_unused=True)
     v: dict[str, Tensor] = {}
@@ -101,28 +87,6 @@ def awp_perturbation(model: nn.Module, x_adv: Tensor, y: Tensor, *, gamma: float
         # a zero gradient gives a zero perturbation (no division by zero, no host-device sync)
         v[name] = (gamma * w.norm() / g.norm().clamp_min(1e-30) * g).detach()
     return v
-
-
-def shifted_params(model: nn.Module, v: Mapping[str, Tensor], *, scale: float = 1.0) -> dict[str, Tensor]:
-    """The parameters ``w + scale·v`` as a dict for ``functional_call`` (differentiable with respect to ``w``).
-
-    Parameters missing from ``v`` are passed through unchanged; the model itself is not touched.
-    """
-    params = dict(model.named_parameters())
-    unknown = set(v) - set(params)
-    if unknown:
-        raise KeyError(f"the perturbation names parameters the model does not have: {sorted(unknown)}; was it "
-                       "computed for another architecture?")
-    out: dict[str, Tensor] = {}
-    for name, w in params.items():
-        if name in v:
-            if v[name].shape != w.shape:
-                raise ValueError(f"perturbation for {name!r} has shape {tuple(v[name].shape)}, the parameter "
-                                 f"{tuple(w.shape)}")
-            out[name] = w + scale * v[name].to(w.device, w.dtype)
-        else:
-            out[name] = w
-    return out
 
 
 class AWPLoss:
@@ -161,7 +125,8 @@ class AWPLoss:
         if not perturb:
             return self.robust.loss_on(model, x_adv, y)
         v = awp_perturbation(model, x_adv, y, gamma=self.gamma, loss_on=self.robust.loss_on)
-        return self.robust.loss_on(functional_model(model, shifted_params(model, v)), x_adv, y)
+        perturbed = functional.shifted(dict(model.named_parameters()), v)
+        return self.robust.loss_on(lambda x: functional.call(model, perturbed, x), x_adv, y)
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mcar_lib.data import LabeledImages, batches
+from mcar_lib.data import BatchSource, LabeledImages, iter_batches
+from mcar_lib.modes import evaluation_mode
 from mcar_lib.repro import model_device
-from mcar_lib.train import evaluation_mode
 
-Batches = Iterable[tuple[Tensor, Tensor]]
 CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
 
 
@@ -195,18 +194,14 @@ def poison(data: LabeledImages, trigger: Trigger, *, target: int, rate: float, s
 
 # ----------------------------------------------------------------------------------------------- metrics
 
-def _iter(data: LabeledImages | Batches, batch_size: int) -> Batches:
-    return batches(data, batch_size) if isinstance(data, LabeledImages) else data
-
-
 @torch.no_grad()
-def _count(model: nn.Module, data: LabeledImages | Batches, trigger: Trigger | None, target: int,
+def _count(model: nn.Module, data: BatchSource, trigger: Trigger | None, target: int,
            batch_size: int) -> dict[str, int]:
     """One pass: counts for clean accuracy, ASR, triggered accuracy and the inflated ASR."""
     device = model_device(model)
     c = dict(n=0, clean_correct=0, n_source=0, hits=0, triggered_correct=0, target_clean_as_target=0)
     with evaluation_mode(model):
-        for x, y in _iter(data, batch_size):
+        for x, y in iter_batches(data, batch_size):
             x, y = x.to(device), y.to(device)
             c["n"] += len(y)
             clean_pred = model(x).argmax(1)
@@ -229,13 +224,13 @@ def _percent(num: int, den: int, what: str) -> float:
     return 100.0 * num / den
 
 
-def clean_accuracy(model: nn.Module, data: LabeledImages | Batches, *, batch_size: int = 512) -> float:
+def clean_accuracy(model: nn.Module, data: BatchSource, *, batch_size: int = 512) -> float:
     """Accuracy (%) on clean held-out images."""
     c = _count(model, data, None, -1, batch_size)
     return _percent(c["clean_correct"], c["n"], "clean accuracy")
 
 
-def attack_success_rate(model: nn.Module, data: LabeledImages | Batches, trigger: Trigger, target: int, *,
+def attack_success_rate(model: nn.Module, data: BatchSource, trigger: Trigger, target: int, *,
                         batch_size: int = 512) -> float:
     """ASR (%): the share of triggered held-out images whose true class is not ``target`` that the model
     classifies as ``target``. Target-class images are left out: they say nothing about the backdoor."""
@@ -243,7 +238,7 @@ def attack_success_rate(model: nn.Module, data: LabeledImages | Batches, trigger
     return _percent(c["hits"], c["n_source"], "attack success rate")
 
 
-def triggered_accuracy(model: nn.Module, data: LabeledImages | Batches, trigger: Trigger, target: int, *,
+def triggered_accuracy(model: nn.Module, data: BatchSource, trigger: Trigger, target: int, *,
                        batch_size: int = 512) -> float:
     """Accuracy (%) of triggered non-target images against their *true* labels (robust accuracy in
     BackdoorBench's terms): a repaired model should ignore the trigger, not just avoid the target."""
@@ -251,7 +246,7 @@ def triggered_accuracy(model: nn.Module, data: LabeledImages | Batches, trigger:
     return _percent(c["triggered_correct"], c["n_source"], "triggered accuracy")
 
 
-def inflated_asr(model: nn.Module, data: LabeledImages | Batches, trigger: Trigger, target: int, *,
+def inflated_asr(model: nn.Module, data: BatchSource, trigger: Trigger, target: int, *,
                  batch_size: int = 512) -> float:
     """The reference code's *inflated* ASR (%), kept only to show the pitfall: non-target images triggered,
     clean target-class images kept with the target label, and both counted. A model with no backdoor at all
@@ -273,7 +268,7 @@ class BackdoorEval:
                 "triggered_acc": self.triggered_accuracy}
 
 
-def backdoor_metrics(model: nn.Module, data: LabeledImages | Batches, trigger: Trigger, target: int, *,
+def backdoor_metrics(model: nn.Module, data: BatchSource, trigger: Trigger, target: int, *,
                      batch_size: int = 512) -> BackdoorEval:
     """All three metrics from a single pass (cheaper than three calls)."""
     c = _count(model, data, trigger, target, batch_size)

@@ -28,25 +28,22 @@ How it is built, and why:
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from mcar_lib.data import LabeledImages, batches, loader
-from mcar_lib.train import History, LossFn, SGDConfig, cross_entropy_loss, evaluation_mode, lr_factor, progress
+from mcar_lib import batchnorm, functional, train
+from mcar_lib.cache import architecture_id, fingerprint
+from mcar_lib.checks import check_finite_weights, check_same_architecture
+from mcar_lib.data import BatchSource, LabeledImages, loader
+from mcar_lib.train import History, LossFn, SGDConfig, cross_entropy_loss
 
 CurveKind = Literal["bezier", "polychain"]
-#: Anything that yields ``(x, y)`` batches (or bare ``x`` tensors), or a :class:`LabeledImages` data set.
-BatchSource = Iterable[Any] | LabeledImages
-#: Batch size used when a :class:`LabeledImages` is given where batches are expected.
-DEFAULT_BATCH_SIZE = 256
+CURVE_KINDS: tuple[str, ...] = ("bezier", "polychain")
 
 
 # --------------------------------------------------------------------------------------- coefficients
@@ -62,80 +59,49 @@ def check_t(t: float | Tensor) -> float:
     return value
 
 
-def bezier_coefficients(t: float | Tensor, n_bends: int, *, dtype: torch.dtype = torch.float32,
-                        device: torch.device | str | None = None) -> Tensor:
-    """Bernstein weights :math:`\\binom{m}{k} t^k (1-t)^{m-k}`, k = 0..m, m = ``n_bends`` + 1.
-
-    ``t`` may be a float or a tensor of any shape; the result has shape ``t.shape + (n_bends + 2,)`` and sums to
-    one. At t = 0 and t = 1 the weights are exactly one-hot (``0**0 == 1``).
-    """
-    _check_n_bends(n_bends)
-    m = n_bends + 1
-    t = torch.as_tensor(t, dtype=torch.float64, device=device).unsqueeze(-1)
-    k = torch.arange(m + 1, dtype=torch.float64, device=t.device)
-    binom = torch.tensor([math.comb(m, i) for i in range(m + 1)], dtype=torch.float64, device=t.device)
-    return (binom * t.pow(k) * (1.0 - t).pow(m - k)).to(dtype)
-
-
-def polychain_coefficients(t: float | Tensor, n_bends: int, *, dtype: torch.dtype = torch.float32,
-                           device: torch.device | str | None = None) -> Tensor:
-    """Hat-function weights :math:`\\max(0, 1 - |t(n+1) - k|)`, k = 0..n+1: the chain's control points sit at
-    t = k/(n+1) and consecutive ones are joined by straight segments."""
-    _check_n_bends(n_bends)
-    t = torch.as_tensor(t, dtype=torch.float64, device=device).unsqueeze(-1)
-    k = torch.arange(n_bends + 2, dtype=torch.float64, device=t.device)
-    return torch.clamp(1.0 - (t * (n_bends + 1) - k).abs(), min=0.0).to(dtype)
-
-
-COEFFICIENTS: dict[str, Callable[..., Tensor]] = {"bezier": bezier_coefficients, "polychain": polychain_coefficients}
-
-
 def _check_n_bends(n_bends: int) -> None:
     if not isinstance(n_bends, int) or isinstance(n_bends, bool) or n_bends < 0:
         raise ValueError(f"n_bends must be a non-negative int (0 is the straight line), got {n_bends!r}")
 
 
-# ------------------------------------------------------------------------------------ endpoint checks
+def coefficient_list(kind: str, t: float, n_bends: int) -> list[float]:
+    """The weight of each control point (a, bends..., b) at ``t``, as Python floats: the one implementation.
 
-def _check_same_architecture(a: nn.Module, b: nn.Module) -> None:
-    """Raise a ValueError naming the first parameter or buffer in which ``a`` and ``b`` differ."""
-    for label, model in (("a", a), ("b", b)):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"endpoint {label} must be an nn.Module, got {type(model).__name__}")
-        if next(model.parameters(), None) is None:
-            raise ValueError(f"endpoint {label} ({type(model).__name__}) has no parameters: a curve in weight "
-                             "space needs two models with weights")
-    for kind, get in (("parameter", nn.Module.named_parameters), ("buffer", nn.Module.named_buffers)):
-        in_a, in_b = dict(get(a)), dict(get(b))
-        for name, tensor in in_a.items():
-            if name not in in_b:
-                raise ValueError(f"endpoint b has no {kind} {name!r} (a has it): are both endpoints the same "
-                                 "architecture?")
-            if tensor.shape != in_b[name].shape:
-                raise ValueError(f"{kind} {name!r} has shape {tuple(tensor.shape)} in endpoint a but "
-                                 f"{tuple(in_b[name].shape)} in endpoint b: are both endpoints built with the same "
-                                 "arguments (width, number of classes, ...)?")
-            if tensor.dtype != in_b[name].dtype:
-                raise ValueError(f"{kind} {name!r} has dtype {tensor.dtype} in endpoint a but {in_b[name].dtype} "
-                                 "in endpoint b: convert both endpoints to the same dtype first")
-        for name in in_b:
-            if name not in in_a:
-                raise ValueError(f"endpoint a has no {kind} {name!r} (b has it): are both endpoints the same "
-                                 "architecture?")
-    dtypes = {p.dtype for p in a.parameters()}
-    if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
-        raise ValueError(f"all parameters must share one floating-point dtype, got {sorted(map(str, dtypes))}")
+    Bezier: Bernstein weights :math:`\\binom{m}{k} t^k (1-t)^{m-k}`, m = ``n_bends`` + 1; at t = 0 and t = 1 they
+    are exactly one-hot (``0**0 == 1``). Polygonal chain: hat functions :math:`\\max(0, 1 - |t(n+1) - k|)`, so the
+    control points sit at t = k/(n+1). Both sum to one. (Floats, not tensors: this runs on every forward pass.)
+    """
+    if kind not in CURVE_KINDS:
+        raise ValueError(f"kind must be one of {CURVE_KINDS}, got {kind!r}")
+    _check_n_bends(n_bends)
+    t = check_t(t)
+    if kind == "bezier":
+        m = n_bends + 1
+        return [math.comb(m, k) * t**k * (1.0 - t) ** (m - k) for k in range(m + 1)]
+    return [max(0.0, 1.0 - abs(t * (n_bends + 1) - k)) for k in range(n_bends + 2)]
 
 
-def _statistics_names(model: nn.Module) -> set[str]:
-    """Names of the running-statistics buffers of every batch-norm layer that tracks them."""
-    names = set()
-    for prefix, module in model.named_modules():
-        if isinstance(module, _BatchNorm) and module.track_running_stats:
-            for leaf in ("running_mean", "running_var", "num_batches_tracked"):
-                if getattr(module, leaf, None) is not None:
-                    names.add(f"{prefix}.{leaf}" if prefix else leaf)
-    return names
+def _coefficients(kind: str, t: float | Tensor, n_bends: int, dtype: torch.dtype,
+                  device: torch.device | str | None) -> Tensor:
+    values = torch.as_tensor(t, dtype=torch.float64)
+    rows = [coefficient_list(kind, v, n_bends) for v in values.reshape(-1).tolist()]
+    out = torch.tensor(rows, dtype=torch.float64).reshape(*values.shape, n_bends + 2)
+    return out.to(dtype=dtype, device=device)
+
+
+def bezier_coefficients(t: float | Tensor, n_bends: int, *, dtype: torch.dtype = torch.float32,
+                        device: torch.device | str | None = None) -> Tensor:
+    """Bernstein weights for a float or a tensor of t (any shape): shape ``t.shape + (n_bends + 2,)``."""
+    return _coefficients("bezier", t, n_bends, dtype, device)
+
+
+def polychain_coefficients(t: float | Tensor, n_bends: int, *, dtype: torch.dtype = torch.float32,
+                           device: torch.device | str | None = None) -> Tensor:
+    """Hat-function weights of the polygonal chain for a float or a tensor of t: ``t.shape + (n_bends + 2,)``."""
+    return _coefficients("polychain", t, n_bends, dtype, device)
+
+
+COEFFICIENTS: dict[str, Callable[..., Tensor]] = {"bezier": bezier_coefficients, "polychain": polychain_coefficients}
 
 
 class _TensorSet(nn.Module):
@@ -165,23 +131,6 @@ class _StatisticsCache:
         return _StatisticsCache()
 
 
-def _set_tensor(model: nn.Module, name: str, value: Tensor, *, parameter: bool) -> None:
-    prefix, _, leaf = name.rpartition(".")
-    module = model.get_submodule(prefix) if prefix else model
-    if parameter:
-        module._parameters[leaf] = value  # type: ignore[assignment]
-    else:
-        module._buffers[leaf] = value
-
-
-def _inputs(source: BatchSource) -> Iterator[Tensor]:
-    """The input tensors of a batch source (``(x, y)`` pairs, bare tensors, or a LabeledImages)."""
-    if isinstance(source, LabeledImages):
-        source = batches(source, DEFAULT_BATCH_SIZE)
-    for item in source:
-        yield item[0] if isinstance(item, (tuple, list)) else item
-
-
 # ---------------------------------------------------------------------------------------------- Curve
 
 class Curve(nn.Module):
@@ -190,15 +139,21 @@ class Curve(nn.Module):
     Build one with :meth:`between` or :meth:`line`. ``curve(x, t)`` runs the network at t; :meth:`weights_at`
     gives the (differentiable) weights; :meth:`point` a module view at fixed t for loss functions and attacks;
     :meth:`at` a standalone, detached ``nn.Module`` with batch-norm statistics recomputed from ``bn_data``.
-    Neither endpoint is changed or kept: the curve copies their weights and buffers.
+    Neither endpoint is changed or kept: the curve copies their weights and buffers. Endpoints with a NaN or
+    inf anywhere are refused (``0 · NaN`` is NaN, so even t = 0 would be wrong).
     """
 
     def __init__(self, a: nn.Module, b: nn.Module, *, kind: CurveKind = "bezier", n_bends: int = 1) -> None:
         super().__init__()
-        if kind not in COEFFICIENTS:
-            raise ValueError(f"kind must be 'bezier' or 'polychain', got {kind!r}")
+        if kind not in CURVE_KINDS:
+            raise ValueError(f"kind must be one of {CURVE_KINDS}, got {kind!r}")
         _check_n_bends(n_bends)
-        _check_same_architecture(a, b)
+        check_same_architecture(a, b)
+        check_finite_weights(a, "endpoint a")
+        check_finite_weights(b, "endpoint b")
+        dtypes = {p.dtype for p in a.parameters()}
+        if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
+            raise ValueError(f"all parameters must share one floating-point dtype, got {sorted(map(str, dtypes))}")
         self.kind: CurveKind = kind
         self.n_bends = n_bends
         params_a = dict(a.named_parameters())
@@ -207,7 +162,6 @@ class Curve(nn.Module):
         self._names = list(params_a)
         self._shapes = [params_a[n].shape for n in self._names]
         self._numels = [params_a[n].numel() for n in self._names]
-        self._requires_grad = {n: params_a[n].requires_grad for n in self._names}
         with torch.no_grad():
             start = torch.cat([params_a[n].detach().reshape(-1) for n in self._names]).to(device)
             end = torch.cat([params_b[n].detach().reshape(-1).to(device) for n in self._names])
@@ -219,19 +173,10 @@ class Curve(nn.Module):
         buffers_b = dict(b.named_buffers())
         self.buffers_a = _TensorSet({n: t for n, t in a.named_buffers()})
         self.buffers_b = _TensorSet({n: buffers_b[n].to(device) for n in self.buffers_a.names})
-        self._statistics = _statistics_names(a)
-        # aliases of tied parameters / buffers, so that a standalone copy ties them again
-        self._param_alias = self._aliases(a.named_parameters(remove_duplicate=False), dict(a.named_parameters()))
-        self._buffer_alias = self._aliases(a.named_buffers(remove_duplicate=False), dict(a.named_buffers()))
-        template = copy.deepcopy(a)
-        self._template_holder = (template.to("meta"),)  # a tuple: not a submodule, never moved or saved
+        self._statistics = batchnorm.statistics_names(a)
+        self._template_holder = (functional.structure(a),)  # a tuple: not a submodule, never moved or saved
         self._bn_cache = _StatisticsCache()
         self._scratch: dict[str, Tensor] | None = None
-
-    @staticmethod
-    def _aliases(all_named: Iterable[tuple[str, Tensor]], unique: dict[str, Tensor]) -> dict[str, str]:
-        canonical = {id(t): n for n, t in unique.items()}
-        return {n: canonical[id(t)] for n, t in all_named if n not in unique}
 
     # ---------------------------------------------------------------------------------- construction
     @classmethod
@@ -262,6 +207,11 @@ class Curve(nn.Module):
         return (f"kind={self.kind!r}, n_bends={self.n_bends}, architecture={type(self.template).__name__}, "
                 f"parameters_per_point={self.start.numel()}")
 
+    def __cache_key__(self) -> dict[str, Any]:
+        """What identifies a curve in a cache key: its architecture, kind and every control point."""
+        return {"architecture": architecture_id(self.template), "kind": self.kind, "n_bends": self.n_bends,
+                "weights": fingerprint(self)}
+
     def _apply(self, fn: Callable, recurse: bool = True) -> Curve:  # .to(), .cuda(), .double() ...
         self.clear_bn_cache()
         self._scratch = None
@@ -270,15 +220,8 @@ class Curve(nn.Module):
     # ---------------------------------------------------------------------------------- weights at t
     def coefficients(self, t: float | Tensor) -> Tensor:
         """The weight of each control point (a, bends..., b) at ``t``: shape ``(n_bends + 2,)``, sums to 1."""
-        return torch.tensor(self._coefficient_list(check_t(t)), dtype=self.start.dtype, device=self.start.device)
-
-    def _coefficient_list(self, t: float) -> list[float]:
-        """The coefficients as Python floats (no tensor work: this runs on every forward pass)."""
-        n = self.n_bends
-        if self.kind == "bezier":
-            m = n + 1
-            return [math.comb(m, k) * t**k * (1.0 - t) ** (m - k) for k in range(m + 1)]
-        return [max(0.0, 1.0 - abs(t * (n + 1) - k)) for k in range(n + 2)]
+        return torch.tensor(coefficient_list(self.kind, t, self.n_bends), dtype=self.start.dtype,
+                            device=self.start.device)
 
     def control_points(self) -> Tensor:
         """The control points as rows of a ``(n_bends + 2, D)`` matrix (a, bends..., b), detached."""
@@ -287,7 +230,7 @@ class Curve(nn.Module):
     def flat_weights_at(self, t: float | Tensor) -> Tensor:
         """:math:`w(t)` as one flat vector (parameters in ``named_parameters`` order), differentiable w.r.t.
         the bends. At t = 0 and t = 1 it equals the endpoint exactly."""
-        c = self._coefficient_list(check_t(t))
+        c = coefficient_list(self.kind, t, self.n_bends)
         w = torch.add(self.start * c[0], self.end, alpha=c[-1])
         if self.n_bends == 1:
             w = w + c[1] * self.bends[0]
@@ -345,22 +288,23 @@ class Curve(nn.Module):
             buffers.update(entry[2])
         return buffers
 
+    def _buffers_at(self, t: float, training: bool) -> dict[str, Tensor]:
+        return self._scratch_buffers(t) if training else self._eval_buffers(t)
+
     # ---------------------------------------------------------------------------------------- forward
-    def _call(self, x: Tensor, t: float | Tensor, training: bool) -> Tensor:
+    def point(self, t: float | Tensor) -> functional.FunctionalModel:
+        """The network at fixed ``t`` as a module, differentiable w.r.t. the bends; its train/eval mode starts
+        as the curve's (train mode: batch statistics, written to throw-away buffers; eval mode at an interior
+        t: statistics recomputed for that t). For loss functions and attacks during curve training."""
         t = check_t(t)
-        template = self.template
-        template.train(training)
-        buffers = self._scratch_buffers(t) if training else self._eval_buffers(t)
-        return functional_call(template, (self.weights_at(t), buffers), (x,), strict=True)
+        view = functional.FunctionalModel(self.template, lambda: self.weights_at(t),
+                                          lambda training: self._buffers_at(t, training),
+                                          device=self.start.device, scratch_statistics=True)
+        return view.train(self.training)
 
     def forward(self, x: Tensor, t: float | Tensor) -> Tensor:
         """The network at ``t`` applied to ``x``, in the curve's mode (train mode: batch BN statistics)."""
-        return self._call(x, t, self.training)
-
-    def point(self, t: float | Tensor) -> CurvePoint:
-        """A module view of the network at fixed ``t``, differentiable w.r.t. the bends; its train/eval mode
-        starts as the curve's. For loss functions and attacks during curve training."""
-        return CurvePoint(self, check_t(t))
+        return self.point(t)(x)
 
     # ---------------------------------------------------------------------------------- BN statistics
     def _version_key(self) -> tuple[int, ...]:
@@ -371,42 +315,15 @@ class Curve(nn.Module):
         if hasattr(self, "_bn_cache"):
             self._bn_cache.entries.clear()
 
-    @torch.no_grad()
     def _statistics_for(self, weights: dict[str, Tensor], other_buffers: dict[str, Tensor],
                         bn_data: BatchSource) -> dict[str, Tensor]:
-        """Running statistics of every BN layer for the given weights: reset, then a cumulative average over
-        ``bn_data`` with only the BN layers in train mode (dropout stays off)."""
-        if not self._statistics:
-            return {}
-        template = self.template
-        device = self.start.device
-        stats: dict[str, Tensor] = {}
-        for name, value in self.buffers_a.as_dict().items():
-            if name in self._statistics:
-                leaf = name.rpartition(".")[2]
-                stats[name] = (torch.zeros_like(value) if leaf != "running_var" else torch.ones_like(value))
-        bn_layers = [m for m in template.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-        momenta = [m.momentum for m in bn_layers]
-        template.eval()
-        for module in bn_layers:
-            module.train()
-            module.momentum = None  # cumulative average over batches
-        seen = 0
-        try:
-            for x in _inputs(bn_data):
-                functional_call(template, (weights, {**other_buffers, **stats}), (x.to(device),), strict=True)
-                seen += 1
-        finally:
-            for module, momentum in zip(bn_layers, momenta):
-                module.momentum = momentum
-            template.eval()
-        if seen == 0:
-            raise ValueError("bn_data yielded no batches: pass the defender's data (a LabeledImages or a loader)")
-        return stats
+        reference = {**self.buffers_a.as_dict(), **other_buffers}
+        return batchnorm.recompute_statistics(self.template, weights, reference, bn_data)
 
     def recompute_bn(self, t: float | Tensor, bn_data: BatchSource) -> dict[str, Tensor]:
         """Batch-norm statistics of the network at ``t`` from ``bn_data`` (the defender's data), cached per t.
 
+        The statistics are those of :func:`mcar_lib.batchnorm.recompute_statistics` (``update_bn``'s average).
         The cache entry is reused while the bends are unchanged and the same ``bn_data`` object is passed.
         Returns ``{}`` for a model without batch norm.
         """
@@ -423,20 +340,6 @@ class Curve(nn.Module):
         return stats
 
     # ------------------------------------------------------------------------------ standalone export
-    def _materialize(self, weights: dict[str, Tensor], buffers: dict[str, Tensor]) -> nn.Module:
-        model = copy.deepcopy(self.template)
-        params = {n: nn.Parameter(w.detach().clone(), requires_grad=self._requires_grad[n]) for n, w in weights.items()}
-        bufs = {n: v.detach().clone() for n, v in buffers.items()}
-        for name, value in params.items():
-            _set_tensor(model, name, value, parameter=True)
-        for alias, name in self._param_alias.items():
-            _set_tensor(model, alias, params[name], parameter=True)
-        for name, value in bufs.items():
-            _set_tensor(model, name, value, parameter=False)
-        for alias, name in self._buffer_alias.items():
-            _set_tensor(model, alias, bufs[name], parameter=False)
-        return model.eval()
-
     def at(self, t: float | Tensor, bn_data: BatchSource | None = None) -> nn.Module:
         """A standalone, detached copy of the network at ``t``, in eval mode.
 
@@ -448,12 +351,12 @@ class Curve(nn.Module):
         with torch.no_grad():
             weights = self.weights_at(t)
         if t in (0.0, 1.0):
-            return self._materialize(weights, self._eval_buffers(t))
+            return functional.materialize(self.template, weights, self._eval_buffers(t))
         if self._statistics and bn_data is None:
             raise ValueError(f"the curve's model has batch norm: the network at t = {t} needs bn_data (the "
                              "defender's data) to recompute its BN statistics, e.g. curve.at(t, splits.bonafide)")
         stats = self.recompute_bn(t, bn_data) if bn_data is not None else {}
-        return self._materialize(weights, {**self._other_buffers_at(t), **stats})
+        return functional.materialize(self.template, weights, {**self._other_buffers_at(t), **stats})
 
     def model_at_weights(self, flat: Tensor, bn_data: BatchSource | None = None) -> nn.Module:
         """A standalone model with the flat weight vector ``flat`` (any point of weight space, e.g. on the
@@ -464,110 +367,60 @@ class Curve(nn.Module):
                              "defender's data) to recompute its BN statistics")
         other = self._other_buffers_at(0.0)
         stats = self._statistics_for(weights, other, bn_data) if bn_data is not None else {}
-        return self._materialize(weights, {**other, **stats})
-
-
-class CurvePoint(nn.Module):
-    """The curve's network at one fixed t, as a module; gradients flow into the curve's bends.
-
-    Its own train/eval flag decides the mode of the forward pass (train mode: batch BN statistics, written to
-    throw-away buffers; eval mode at an interior t: statistics previously recomputed for that t).
-    """
-
-    def __init__(self, curve: Curve, t: float) -> None:
-        super().__init__()
-        self.curve = curve
-        self.t = t
-        self.train(curve.training)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.curve._call(x, self.t, self.training)
-
-    def extra_repr(self) -> str:
-        return f"t={self.t}"
+        return functional.materialize(self.template, weights, {**other, **stats})
 
 
 # -------------------------------------------------------------------------------------------- training
 
+class CurveObjective:
+    """The loss hook of curve training: :math:`\\ell(w(t)) + \\tfrac{wd}{2}\\|w(t)\\|^2` at ``ts_per_step``
+    values of t drawn uniformly per step from a generator seeded with ``seed`` (averaged when more than one).
+
+    ``loss_fn(point, x, y)`` is called with the curve's network at t (train mode, batch statistics): pass a
+    robust loss for adversarial curve training.
+    """
+
+    def __init__(self, loss_fn: LossFn, *, weight_decay: float, ts_per_step: int = 1, seed: int = 0) -> None:
+        if ts_per_step < 1:
+            raise ValueError(f"ts_per_step must be at least 1, got {ts_per_step}")
+        self.loss_fn, self.weight_decay, self.ts_per_step = loss_fn, weight_decay, ts_per_step
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, curve: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        if not isinstance(curve, Curve):
+            raise TypeError(f"CurveObjective trains a Curve, got {type(curve).__name__}")
+        ts = torch.rand(self.ts_per_step, generator=self.generator, dtype=torch.float64).tolist()
+        terms = [self.loss_fn(curve.point(t), x, y) + 0.5 * self.weight_decay * curve.squared_norm_at(t) for t in ts]
+        return terms[0] if len(terms) == 1 else torch.stack(terms).mean()
+
+
 def fit_curve(curve: Curve, data: BatchSource, *, epochs: int | None = None, steps: int | None = None,
               sgd: SGDConfig = SGDConfig(lr=0.05, weight_decay=5e-4, schedule="cosine"),
               loss_fn: LossFn = cross_entropy_loss, ts_per_step: int = 1, seed: int = 0,
-              batch_size: int = 128, epoch_end: Callable[[Curve, int], dict[str, float]] | None = None,
+              batch_size: int = 128, epoch_end: Callable[[nn.Module, int], dict[str, float]] | None = None,
               amp_bf16: bool = False, show_progress: bool = True) -> tuple[Curve, History]:
     """Train a copy of ``curve``'s bends to minimise :math:`E_{t\\sim U(0,1)}[\\ell(w(t))] + \\tfrac{wd}{2}\\|w(t)\\|^2`.
 
-    Each step draws ``ts_per_step`` values of t (one, as in the paper, by default; several average the loss
-    over t on the same batch) and calls ``loss_fn(curve.point(t), x, y)`` in train mode: pass a robust loss for
-    adversarial curve training. Weight decay is the explicit L2 penalty on :math:`w(t)` (``sgd.weight_decay``),
-    the optimiser's own decay is off; the learning rate follows ``sgd.schedule`` per step. Give ``epochs``
-    (passes over ``data``) or ``steps``. ``data`` is a loader or a :class:`LabeledImages` (then shuffled with
-    ``seed`` in batches of ``batch_size``); t is drawn from a generator seeded with ``seed``.
+    The book's one training loop (:func:`mcar_lib.train.fit`) with the curve as the model (its only trainable
+    tensors are the bends) and :class:`CurveObjective` as the loss hook. Weight decay is the explicit L2 penalty
+    on :math:`w(t)` (``sgd.weight_decay``; the optimiser's own decay is off), as in the paper's code. Give
+    ``epochs`` (passes over ``data``) or ``steps``. ``data`` is a loader or a :class:`LabeledImages` (then
+    shuffled with ``seed`` in batches of ``batch_size``); t is drawn from a generator seeded with ``seed``.
     Returns ``(trained_copy, history)``; ``curve`` itself is not changed.
     """
+    if not isinstance(curve, Curve):
+        raise TypeError(f"fit_curve trains a Curve, got {type(curve).__name__}; use train.fit for a network")
     if curve.n_bends == 0:
         raise ValueError("this curve has no bends (a straight line): there is nothing to train")
-    if (epochs is None) == (steps is None):
-        raise ValueError("give exactly one of epochs= or steps=")
-    if (epochs is not None and epochs < 1) or (steps is not None and steps < 1):
-        raise ValueError(f"epochs/steps must be at least 1, got epochs={epochs}, steps={steps}")
-    if ts_per_step < 1:
-        raise ValueError(f"ts_per_step must be at least 1, got {ts_per_step}")
     if isinstance(data, LabeledImages):
         data = loader(data, batch_size, shuffle=True, seed=seed)
-    try:
-        per_epoch: int | None = len(data)  # type: ignore[arg-type]
-    except TypeError:
-        per_epoch = None
-    if per_epoch == 0:
-        raise ValueError("the training data yielded no batches")
-    total = steps if steps is not None else (epochs * per_epoch if per_epoch else None)
-    n_epochs = epochs if epochs is not None else (math.ceil(steps / per_epoch) if per_epoch else None)
-
-    net = copy.deepcopy(curve)
-    net.train()
-    device = net.start.device
-    optimizer = torch.optim.SGD([net.bends], lr=sgd.lr, momentum=sgd.momentum, weight_decay=0.0,
-                                nesterov=sgd.nesterov)
-    generator = torch.Generator().manual_seed(seed)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (amp_bf16 and device.type == "cuda") \
-        else contextlib.nullcontext
-    history = History()
-    step, epoch = 0, 0
-    ticker = iter(progress(range(total), total=total, desc="curve steps", enabled=show_progress)) if total else None
-    while (steps is None or step < steps) and (n_epochs is None or epoch < n_epochs):
-        loss_sum, count = 0.0, 0
-        for x, y in data:
-            if steps is not None and step >= steps:
-                break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            fraction = step / total if total else epoch / max(n_epochs or 1, 1)
-            for group in optimizer.param_groups:
-                group["lr"] = sgd.lr * lr_factor(sgd.schedule, fraction)
-            optimizer.zero_grad(set_to_none=True)
-            ts = torch.rand(ts_per_step, generator=generator, dtype=torch.float64).tolist()
-            batch_loss = 0.0
-            for t in ts:
-                with autocast():
-                    loss = loss_fn(net.point(t), x, y)
-                total_loss = loss + 0.5 * sgd.weight_decay * net.squared_norm_at(t)
-                (total_loss / ts_per_step).backward()
-                batch_loss += loss.item() / ts_per_step
-            optimizer.step()
-            loss_sum += batch_loss * len(y)
-            count += len(y)
-            step += 1
-            if ticker is not None:
-                next(ticker, None)
-        epoch += 1
-        if count == 0:
-            raise ValueError("the training data yielded no batches")
-        row: dict[str, float] = {"epoch": epoch, "step": step, "train_loss": loss_sum / count}
-        if epoch_end is not None:
-            with evaluation_mode(net):
-                row.update(epoch_end(net, epoch))
-        history.append(**row)
-    net.clear_bn_cache()
-    return net.eval(), history
+    objective = CurveObjective(loss_fn, weight_decay=sgd.weight_decay, ts_per_step=ts_per_step, seed=seed)
+    trained, history = train.fit(curve, data, epochs=epochs, steps=steps, sgd=replace(sgd, weight_decay=0.0),
+                                 loss_fn=objective, epoch_end=epoch_end, amp_bf16=amp_bf16,
+                                 show_progress=show_progress)
+    trained.clear_bn_cache()
+    return trained, history  # type: ignore[return-value]
 
 
-__all__ = ["Curve", "CurvePoint", "bezier_coefficients", "polychain_coefficients", "check_t", "fit_curve"]
+__all__ = ["CURVE_KINDS", "Curve", "CurveObjective", "bezier_coefficients", "check_t", "coefficient_list",
+           "fit_curve", "polychain_coefficients"]

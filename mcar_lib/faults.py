@@ -28,8 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from mcar_lib.data import LabeledImages
+from mcar_lib.modes import evaluation_mode
 from mcar_lib.repro import model_device
-from mcar_lib.train import evaluation_mode, lr_factor, predict
+from mcar_lib.train import lr_factor, predict
 
 Penalty = Literal["none", "l2", "l1"]
 #: ``{parameter or buffer name: (flat indices, bit or one bit per index)}``.

@@ -10,9 +10,9 @@ Robust overfitting goes with a *sharp* robust-loss landscape in weight space (St
 * **1-D loss curves** along a random *filter-normalised* direction (Li et al. 2018): each filter of the
   direction is rescaled to the norm of the matching weight filter, one-dimensional parameters are left out.
 
-Only parameters with at least two dimensions move (:func:`mcar_lib.awp.perturbable_names`): biases and
+Only parameters with at least two dimensions move (:func:`mcar_lib.functional.perturbable_names`): biases and
 normalisation layers stay as they are. Everything runs in eval mode (batch norm uses its running statistics)
-through ``torch.func.functional_call``: the model given is never modified, not even temporarily.
+through :mod:`mcar_lib.functional`: the model given is never modified, not even temporarily.
 
 Random starts of the attack are drawn from the same seed for every weight sample (common random numbers), so
 the difference measures the weights' effect rather than attack noise, and ξ = 0 gives exactly 0.
@@ -21,24 +21,24 @@ the difference measures the weights' effect rather than attack noise, and ξ = 0
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
+from mcar_lib import functional
 from mcar_lib.attacks import Attack, robust_evaluate
-from mcar_lib.awp import perturbable_names
+from mcar_lib.checks import check_finite_weights
+from mcar_lib.data import BatchSource, batch_list
+from mcar_lib.functional import detached_weights, perturbable_names, shifted
+from mcar_lib.modes import evaluation_mode
 from mcar_lib.repro import model_device
-from mcar_lib.train import evaluate, evaluation_mode
-
-Batches = Iterable[tuple[Tensor, Tensor]]
+from mcar_lib.train import evaluate
 
 __all__ = [
     "Flatness",
-    "WeightView",
     "average_flatness",
     "filter_normalized_direction",
     "loss_curve",
@@ -47,44 +47,10 @@ __all__ = [
 ]
 
 
-class WeightView(nn.Module):
-    """``model`` with other weights: its forward is ``functional_call(model, params, x)``.
-
-    ``model`` is *not* registered as a submodule, so putting the view in eval or train mode (as attacks do)
-    leaves ``model`` alone; callers keep ``model`` in the mode they want (here: eval). The view carries an
-    empty buffer on the model's device so that device lookups (``repro.model_device``) find the right one.
-    """
-
-    def __init__(self, model: nn.Module, params: Mapping[str, Tensor]) -> None:
-        super().__init__()
-        object.__setattr__(self, "_base", model)
-        self._params = dict(params)
-        self.register_buffer("_device_anchor", torch.empty(0, device=model_device(model)), persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return functional_call(self._base, self._params, (x,))
-
-
-def _detached_params(model: nn.Module) -> dict[str, Tensor]:
-    return {name: p.detach() for name, p in model.named_parameters()}
-
-
-def _shifted(base: Mapping[str, Tensor], delta: Mapping[str, Tensor], alpha: float = 1.0) -> dict[str, Tensor]:
-    return {name: (w + alpha * delta[name]) if name in delta else w for name, w in base.items()}
-
-
 def _check_radius(xi: float, what: str = "xi") -> None:
     if not (math.isfinite(xi) and xi >= 0):
         raise ValueError(f"{what} (a radius relative to each layer's weight norm) must be finite and >= 0, "
                          f"got {xi}")
-
-
-def _materialise(data: Batches, device: torch.device) -> list[tuple[Tensor, Tensor]]:
-    """The batches as a list on ``device`` (every weight sample re-reads them; a generator could not)."""
-    out = [(x.to(device), y.to(device)) for x, y in data]
-    if not out:
-        raise ValueError("the data set is empty; flatness needs at least one batch of (x, y)")
-    return out
 
 
 def relative_random_perturbation(model: nn.Module, xi: float, *,
@@ -113,7 +79,7 @@ class Flatness:
     samples: tuple[float, ...] = ()
 
 
-def _robust_loss(view: nn.Module, batches: list[tuple[Tensor, Tensor]], attack: Attack | None, seed: int) -> float:
+def _robust_loss(view: nn.Module, batches: BatchSource, attack: Attack | None, seed: int) -> float:
     """Mean (robust) cross-entropy of ``view``; the attack's random draws come from ``seed`` each time."""
     if attack is None:
         return evaluate(view, batches)["loss"]
@@ -123,7 +89,7 @@ def _robust_loss(view: nn.Module, batches: list[tuple[Tensor, Tensor]], attack: 
         return robust_evaluate(view, batches, attack, seed=seed)["loss"]
 
 
-def average_flatness(model: nn.Module, data: Batches, *, attack: Attack | None, xi: float = 0.5,
+def average_flatness(model: nn.Module, data: BatchSource, *, attack: Attack | None, xi: float = 0.5,
                      n_samples: int = 10, seed: int = 0) -> Flatness:
     """Average-case robust flatness (Stutz et al. 2021): E_ν[ρ(w + ν)] − ρ(w), in nats; lower is flatter.
 
@@ -134,16 +100,16 @@ def average_flatness(model: nn.Module, data: Batches, *, attack: Attack | None, 
     _check_radius(xi)
     if n_samples < 1:
         raise ValueError(f"n_samples must be at least 1, got {n_samples}")
-    device = model_device(model)
-    batches = _materialise(data, device)
-    base = _detached_params(model)
+    check_finite_weights(model)
+    batches = batch_list(data, device=model_device(model))
+    base = detached_weights(model)
     generator = torch.Generator().manual_seed(seed)
     with evaluation_mode(model):
-        reference = _robust_loss(WeightView(model, base), batches, attack, seed)
+        reference = _robust_loss(functional.view(model, base), batches, attack, seed)
         samples = []
         for _ in range(n_samples):
             nu = relative_random_perturbation(model, xi, generator=generator)
-            samples.append(_robust_loss(WeightView(model, _shifted(base, nu)), batches, attack, seed))
+            samples.append(_robust_loss(functional.view(model, shifted(base, nu)), batches, attack, seed))
     mean = sum(samples) / len(samples)
     return Flatness(loss=reference, perturbed_loss=mean, flatness=mean - reference, samples=tuple(samples))
 
@@ -172,7 +138,7 @@ def _joint_attack_loss(model: nn.Module, base: Mapping[str, Tensor], x: Tensor, 
         for n in names:
             nu[n].requires_grad_(move_weights)
         with torch.enable_grad():
-            loss = F.cross_entropy(functional_call(model, _shifted(base, nu), (x + delta,)), y, reduction="sum")
+            loss = F.cross_entropy(functional.call(model, shifted(base, nu), x + delta), y, reduction="sum")
             wrt = [delta] + ([nu[n] for n in names] if move_weights else [])
             grads = torch.autograd.grad(loss, wrt)
         with torch.no_grad():
@@ -184,10 +150,10 @@ def _joint_attack_loss(model: nn.Module, base: Mapping[str, Tensor], x: Tensor, 
                     nu[n] = _project_relative(nu[n] + step, radius[n]).detach()
     with torch.no_grad():
         nu = {n: t.detach() for n, t in nu.items()}
-        return F.cross_entropy(functional_call(model, _shifted(base, nu), (x + delta,)), y, reduction="sum")
+        return F.cross_entropy(functional.call(model, shifted(base, nu), x + delta), y, reduction="sum")
 
 
-def worst_flatness(model: nn.Module, data: Batches, *, eps: float, xi: float = 0.003, steps: int = 20,
+def worst_flatness(model: nn.Module, data: BatchSource, *, eps: float, xi: float = 0.003, steps: int = 20,
                    input_step: float | None = None, weight_step: float | None = None, seed: int = 0) -> Flatness:
     """Worst-case robust flatness (Stutz et al. 2021): max_{ν, δ} CE(x+δ; w+ν) − max_δ CE(x+δ; w), in nats.
 
@@ -204,9 +170,9 @@ def worst_flatness(model: nn.Module, data: Batches, *, eps: float, xi: float = 0
         raise ValueError(f"steps must be >= 0, got {steps}")
     input_step = 2.5 * eps / max(steps, 1) if input_step is None else input_step
     weight_step = 2.5 * xi / max(steps, 1) if weight_step is None else weight_step
-    device = model_device(model)
-    batches = _materialise(data, device)
-    base = _detached_params(model)
+    check_finite_weights(model)
+    batches = batch_list(data, device=model_device(model))
+    base = detached_weights(model)
     totals = {}
     with evaluation_mode(model):
         for radius in (0.0, xi):
@@ -239,7 +205,7 @@ def filter_normalized_direction(model: nn.Module, *, generator: torch.Generator 
     return out
 
 
-def loss_curve(model: nn.Module, data: Batches, *, direction: Mapping[str, Tensor], alphas: Sequence[float],
+def loss_curve(model: nn.Module, data: BatchSource, *, direction: Mapping[str, Tensor], alphas: Sequence[float],
                attack: Attack | None = None, seed: int = 0):  # -> pandas.DataFrame
     """The (robust) loss along ``w + α·d``: a table with columns ``alpha``, ``loss`` (nats), ``accuracy`` (%).
 
@@ -248,16 +214,13 @@ def loss_curve(model: nn.Module, data: Batches, *, direction: Mapping[str, Tenso
     """
     import pandas as pd
 
-    base = _detached_params(model)
-    unknown = set(direction) - set(base)
-    if unknown:
-        raise KeyError(f"the direction names parameters the model does not have: {sorted(unknown)}")
+    base = detached_weights(model)
     device = model_device(model)
-    batches = _materialise(data, device)
+    batches = batch_list(data, device=device)
     rows = []
     with evaluation_mode(model):
         for alpha in alphas:
-            view = WeightView(model, _shifted(base, direction, float(alpha)))
+            view = functional.view(model, shifted(base, direction, float(alpha)))
             if attack is None:
                 result = evaluate(view, batches)
             else:

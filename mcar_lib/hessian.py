@@ -26,6 +26,10 @@ matrix ``A^½ J Jᵀ A^½``, without iterating.
 
 No function changes the model it is given: products are taken in eval mode (the caller's modes are restored),
 batch-norm buffers are only read, parameters' ``.grad`` are left alone.
+
+Every public function runs under :func:`mcar_lib.precision.full_precision`: on GPUs that default to TF32 for
+float32 products (Ampere and newer), curvature is still computed in full float32 precision, without the reader
+changing any setting. Tolerances of internal checks come from :func:`mcar_lib.precision.relative_tolerance`.
 """
 
 from __future__ import annotations
@@ -38,12 +42,15 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from mcar_lib.attacks import _input_gradient as loss_input_gradient
-from mcar_lib.data import LabeledImages, batches
+from mcar_lib.attacks import input_gradient as loss_input_gradient
+from mcar_lib.attacks import per_sample_norm
+from mcar_lib.checks import check_finite_tensor, check_finite_weights, check_labels
+from mcar_lib.data import BatchSource, batch_list
+from mcar_lib.functional import call
+from mcar_lib.modes import evaluation_mode
+from mcar_lib.precision import full_precision, relative_tolerance
 from mcar_lib.repro import model_device
-from mcar_lib.train import evaluation_mode
 
 __all__ = [
     "EigResult",
@@ -67,7 +74,6 @@ __all__ = [
 Matvec = Callable[[Tensor], Tensor]
 #: ``matvec(v, rows)``: products of the blocks ``rows`` (indices into the batch) with the stacked vectors ``v``.
 BlockMatvec = Callable[[Tensor, Tensor], Tensor]
-Batches = Iterable[tuple[Tensor, Tensor]]
 
 
 @dataclass(frozen=True)
@@ -105,10 +111,10 @@ def _float_dtype(model: nn.Module) -> torch.dtype:
 def _check_batch(x: Tensor, y: Tensor) -> None:
     if x.ndim < 2:
         raise ValueError(f"x must be a batch (N×…), got shape {tuple(x.shape)}; add a batch dim with x[None]")
-    if y.ndim != 1 or len(y) != len(x):
-        raise ValueError(f"y must hold one label per sample ({len(x)}), got shape {tuple(y.shape)}")
+    check_labels(y, len(x))
     if len(x) == 0:
         raise ValueError("x is an empty batch; pass at least one sample")
+    check_finite_tensor(x, "x")
 
 
 def _block_dot(a: Tensor, b: Tensor) -> Tensor:
@@ -116,7 +122,7 @@ def _block_dot(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _block_norm(a: Tensor) -> Tensor:
-    return a.flatten(1).norm(dim=1)
+    return per_sample_norm(a).view(-1)
 
 
 def _per_block(scale: Tensor, like: Tensor) -> Tensor:
@@ -127,17 +133,6 @@ def _random_like(x: Tensor, seed: int) -> Tensor:
     """A seeded Gaussian start vector (drawn on the CPU so that every device gets the same numbers)."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-
-
-def _as_batch_list(data: LabeledImages | Batches, batch_size: int = 256) -> list[tuple[Tensor, Tensor]]:
-    """Materialise ``data`` once: power iteration passes over it many times (a generator would run dry)."""
-    if isinstance(data, LabeledImages):
-        out = list(batches(data, batch_size))
-    else:
-        out = [(x, y) for x, y in data]
-    if not out or sum(len(y) for _, y in out) == 0:
-        raise ValueError("the data set is empty; pass a LabeledImages or an iterable of (x, y) batches")
-    return out
 
 
 # ---------------------------------------------------------------------------------- Hessian-vector products
@@ -183,10 +178,12 @@ class _InputHessian:
 
 def _prepare_inputs(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     _check_batch(x, y)
+    check_finite_weights(model)
     device = model_device(model)
     return x.to(device=device, dtype=_float_dtype(model)), y.to(device)
 
 
+@full_precision()
 def input_hvp(model: nn.Module, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
     """``H v`` for the input Hessian of the **summed** cross-entropy, taken in eval mode.
 
@@ -209,10 +206,10 @@ class _WeightHessian:
     mode: the model's own tensors are never part of the graph and batch-norm statistics cannot move.
     """
 
-    def __init__(self, model: nn.Module, data: LabeledImages | Batches) -> None:
+    def __init__(self, model: nn.Module, data: BatchSource) -> None:
         self.model = model
         self.device = model_device(model)
-        self.batches = _as_batch_list(data)
+        self.batches = batch_list(data)
         self.count = sum(len(y) for _, y in self.batches)
         self.params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
         if not self.params:
@@ -241,7 +238,7 @@ class _WeightHessian:
                 x = x.to(device=self.device, dtype=self.dtype)
                 y = y.to(self.device)
                 params = {n: p.clone().requires_grad_(True) for n, p in self.params.items()}
-                logits = functional_call(self.model, (params, self.buffers), (x,))
+                logits = call(self.model, {**self.buffers, **params}, x)
                 loss = F.cross_entropy(logits, y, reduction="sum") / self.count
                 grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
                 dot = sum((g * u).sum() for g, u in zip(grads, vs))
@@ -269,7 +266,8 @@ class _WeightHessian:
         return torch.cat([p.reshape(-1) for p in self.params.values()])
 
 
-def weight_hvp(model: nn.Module, data: LabeledImages | Batches, v: Mapping[str, Tensor]) -> dict[str, Tensor]:
+@full_precision()
+def weight_hvp(model: nn.Module, data: BatchSource, v: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``H v`` for the Hessian of the mean cross-entropy over ``data`` w.r.t. the trainable parameters.
 
     ``v`` maps each trainable parameter name to a tensor of its shape (like ``dict(model.named_parameters())``).
@@ -444,6 +442,7 @@ def lanczos(matvec: Matvec, v0: Tensor, *, k: int = 1, m: int | None = None, tol
 # --------------------------------------------------------------------------------------- input curvature
 
 
+@full_precision()
 def input_hessian_eig(model: nn.Module, x: Tensor, y: Tensor, *, iters: int = 100, tol: float = 1e-4,
                       v0: Tensor | None = None, seed: int = 0) -> EigResult:
     """The largest algebraic eigenvalue of **each** sample's input Hessian, in one batched power iteration.
@@ -466,12 +465,14 @@ def input_hessian_eig(model: nn.Module, x: Tensor, y: Tensor, *, iters: int = 10
         return _largest_algebraic(op, start, iters=iters, tol=tol, restrict=restrict)
 
 
+@full_precision()
 def input_lambda_max(model: nn.Module, x: Tensor, y: Tensor, *, iters: int = 100, tol: float = 1e-4,
                      v0: Tensor | None = None, seed: int = 0) -> Tensor:
     """λ_max of each sample's input Hessian (a vector of length ``len(x)``); see :func:`input_hessian_eig`."""
     return input_hessian_eig(model, x, y, iters=iters, tol=tol, v0=v0, seed=seed).value
 
 
+@full_precision()
 def input_lambda_max_loop(model: nn.Module, x: Tensor, y: Tensor, *, iters: int = 100, tol: float = 1e-4,
                           v0: Tensor | None = None, seed: int = 0) -> Tensor:
     """The same numbers as :func:`input_lambda_max`, one sample at a time (the baseline the batch beats).
@@ -485,6 +486,7 @@ def input_lambda_max_loop(model: nn.Module, x: Tensor, y: Tensor, *, iters: int 
                       for i in range(len(x))])
 
 
+@full_precision()
 def compare_batched_and_loop(model: nn.Module, x: Tensor, y: Tensor, *, iters: int = 100,
                              tol: float = 1e-4, seed: int = 0) -> dict[str, float]:
     """Run the batched and the one-at-a-time per-sample power iteration on the same inputs (for benchmarks).
@@ -516,6 +518,7 @@ def compare_batched_and_loop(model: nn.Module, x: Tensor, y: Tensor, *, iters: i
     }
 
 
+@full_precision()
 def input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     """Each sample's input gradient ``∇ₓ ℓ(f(xᵢ), yᵢ)`` (of the summed loss, in eval mode): the first-order term."""
     x, y = _prepare_inputs(model, x, y)
@@ -549,6 +552,7 @@ def _input_jacobian(model: nn.Module, x: Tensor, *, max_rows: int = 4096) -> tup
     return logits, torch.cat(parts).detach()
 
 
+@full_precision()
 def input_lambda_max_gauss_newton(model: nn.Module, x: Tensor, y: Tensor, *, check: bool = True) -> Tensor:
     """Exact per-sample input-Hessian λ_max for networks whose logits are **piecewise linear** in the input.
 
@@ -579,14 +583,15 @@ def input_lambda_max_gauss_newton(model: nn.Module, x: Tensor, y: Tensor, *, che
         gn = (jac.double().transpose(1, 2) @ (a @ jv)).squeeze(2)
         scale = max(float(gn.norm()), float(hv.norm()))
         error = float((hv - gn).norm()) / scale if scale > 1e-12 else 0.0  # both zero: saturated softmax
-        limit = 1e-3 if x.dtype != torch.float64 else 1e-8
+        limit = relative_tolerance(x.dtype, x.device)
         if error > limit:
             raise ValueError(f"the input Hessian is not Jᵀ A J (relative difference {error:.1e}): the model is not "
                              "piecewise linear in its input (smooth activations?); use input_lambda_max instead")
     return lam.to(x.dtype)
 
 
-def mean_input_lambda_max(model: nn.Module, data: LabeledImages | Batches, *, batch_size: int = 256,
+@full_precision()
+def mean_input_lambda_max(model: nn.Module, data: BatchSource, *, batch_size: int = 256,
                           iters: int = 100, tol: float = 1e-4, seed: int = 0,
                           method: Literal["power", "gauss_newton"] = "power") -> float:
     """The mean over ``data`` of each sample's input-Hessian λ_max: a path metric (curvature at a point t).
@@ -597,7 +602,7 @@ def mean_input_lambda_max(model: nn.Module, data: LabeledImages | Batches, *, ba
     if method not in ("power", "gauss_newton"):
         raise ValueError(f"unknown method {method!r}; choose 'power' or 'gauss_newton'")
     total, count = 0.0, 0
-    for i, (x, y) in enumerate(_as_batch_list(data, batch_size)):
+    for i, (x, y) in enumerate(batch_list(data, batch_size)):
         if method == "power":
             values = input_lambda_max(model, x, y, iters=iters, tol=tol, seed=seed + i)
         else:
@@ -607,7 +612,8 @@ def mean_input_lambda_max(model: nn.Module, data: LabeledImages | Batches, *, ba
     return total / count
 
 
-def slot_averaged_lambda_max(model: nn.Module, data: Batches, *, iters: int = 10, tol: float = 1e-2,
+@full_precision()
+def slot_averaged_lambda_max(model: nn.Module, data: BatchSource, *, iters: int = 10, tol: float = 1e-2,
                              seed: int = 0) -> float:
     """The reference code's estimate (HessianFlow's ``get_eigen_full_dataset_only_inputs``), for comparison.
 
@@ -617,9 +623,9 @@ def slot_averaged_lambda_max(model: nn.Module, data: Batches, *, iters: int = 10
     ``max_j λ_max(mean_b H_{b,j}) / B``: neither one sample's λ_max nor the average of them. Batches of a
     size other than the first one's are dropped, as a shared vector cannot multiply them.
     """
-    batch_list = _as_batch_list(data)
-    size = len(batch_list[0][1])
-    prepared = [_prepare_inputs(model, x, y) for x, y in batch_list if len(y) == size]
+    materialised = batch_list(data)
+    size = len(materialised[0][1])
+    prepared = [_prepare_inputs(model, x, y) for x, y in materialised if len(y) == size]
     with evaluation_mode(model):
         operators = [_InputHessian(model, x, y) for x, y in prepared]
         rows = torch.arange(size, device=prepared[0][0].device)
@@ -634,7 +640,8 @@ def slot_averaged_lambda_max(model: nn.Module, data: Batches, *, iters: int = 10
 # -------------------------------------------------------------------------------------- weight curvature
 
 
-def weight_top_eigenvalues(model: nn.Module, data: LabeledImages | Batches, *, k: int = 1, m: int | None = None,
+@full_precision()
+def weight_top_eigenvalues(model: nn.Module, data: BatchSource, *, k: int = 1, m: int | None = None,
                            seed: int = 0) -> EigResult:
     """The ``k`` largest eigenvalues of the weight Hessian of the mean loss over ``data``, by Lanczos.
 
@@ -645,7 +652,8 @@ def weight_top_eigenvalues(model: nn.Module, data: LabeledImages | Batches, *, k
     return lanczos(op.flat_matvec, start, k=k, m=m)
 
 
-def weight_lambda_max(model: nn.Module, data: LabeledImages | Batches, *, iters: int = 100, tol: float = 1e-4,
+@full_precision()
+def weight_lambda_max(model: nn.Module, data: BatchSource, *, iters: int = 100, tol: float = 1e-4,
                       seed: int = 0) -> float:
     """The largest algebraic eigenvalue of the weight Hessian of the mean cross-entropy over ``data``.
 

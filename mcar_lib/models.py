@@ -10,28 +10,21 @@
 
 Inputs are [0, 1] tensors; none of the models normalises (the reference code did not either, so attack
 budgets stay in pixel units). :func:`last_conv_name` names the last convolution, the layer fine-pruning
-prunes. :func:`trained` trains (or loads from the checkpoint cache) an endpoint model, so every chapter
-that needs "a normally trained network" gets the same one.
+prunes. Trained endpoints come from :mod:`mcar_lib.recipes`, which turns a profile into cached models.
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import math
 from collections.abc import Callable
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from mcar_lib.data import LabeledImages, Splits
-    from mcar_lib.profiles import Profile
-
-ARCHITECTURES = ("small_cnn", "vgg16", "preresnet26")
+Architecture = Literal["small_cnn", "vgg16", "preresnet26"]
+ARCHITECTURES: tuple[str, ...] = ("small_cnn", "vgg16", "preresnet26")
 
 # ------------------------------------------------------------------------------------------- small CNN
 
@@ -193,10 +186,10 @@ def count_parameters(model: nn.Module) -> int:
 
 # ------------------------------------------------------------------------------------ trained endpoints
 
-def architecture_kwargs(name: str, data: LabeledImages, *, width: int | None = None,
+def architecture_kwargs(name: str, image_shape: tuple[int, int, int], *, width: int | None = None,
                         num_classes: int = 10) -> dict[str, Any]:
-    """The :func:`build` arguments that fit ``data`` (channels, image size) for architecture ``name``."""
-    channels, height, width_px = data.shape
+    """The :func:`build` arguments that fit images of ``image_shape`` (C, H, W) for architecture ``name``."""
+    channels, height, width_px = image_shape
     if name == "small_cnn":
         if height != width_px:
             raise ValueError(f"small_cnn expects square images, got {height}×{width_px}")
@@ -205,82 +198,14 @@ def architecture_kwargs(name: str, data: LabeledImages, *, width: int | None = N
             kwargs["width"] = width
         return kwargs
     if name in ("vgg16", "preresnet26"):
+        if (height, width_px) != (32, 32):
+            raise ValueError(f"{name} is built for 32×32 images, got {height}×{width_px}: pad or resize the data")
         return {"in_channels": channels, "num_classes": num_classes}
     raise ValueError(f"unknown architecture {name!r}; choose one of {ARCHITECTURES}")
 
 
-def fingerprint(obj: LabeledImages | nn.Module | torch.Tensor) -> str:
-    """A short hash of a data set (images and labels), a model (its state dict) or a tensor.
-
-    Part of cache keys: a model trained on other data, or a curve between other endpoints, never reuses
-    a checkpoint made for these.
-    """
-    from mcar_lib.data import LabeledImages
-
-    if isinstance(obj, LabeledImages):
-        tensors = [("", obj.x), ("", obj.y)]
-    elif isinstance(obj, nn.Module):
-        tensors = list(obj.state_dict().items())
-    elif isinstance(obj, torch.Tensor):
-        tensors = [("", obj)]
-    else:
-        raise TypeError(f"cannot fingerprint a {type(obj).__name__}; pass a LabeledImages, nn.Module or Tensor")
-    digest = hashlib.sha256()
-    for name, tensor in tensors:
-        digest.update(name.encode() + str((tuple(tensor.shape), tensor.dtype)).encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def describe(model: nn.Module) -> str:
-    """A short hash of the model's class source and its module tree (every layer's settings): part of cache
-    keys, so a checkpoint made for an older version of an architecture (another stride, another forward) is
-    never loaded into a newer one whose parameter shapes happen to match."""
-    try:
-        source = inspect.getsource(type(model))
-    except (OSError, TypeError):  # classes defined interactively have no source file
-        source = type(model).__qualname__
-    return hashlib.sha256((source + repr(model)).encode()).hexdigest()[:16]
-
-
-def trained(profile: Profile, splits: Splits, *, seed: int, device: str | torch.device = "auto",
-            train_data: LabeledImages | None = None, epochs: int | None = None, lr: float | None = None,
-            show_progress: bool = True) -> nn.Module:
-    """A normally trained ``profile.model`` from the checkpoint cache, trained on first use.
-
-    Trains on ``splits.train`` (or ``train_data``, e.g. a poisoned copy) with SGD as set in the profile's
-    ``mc`` section (``endpoint_epochs``, ``endpoint_lr``, ``endpoint_weight_decay``, ``endpoint_schedule``;
-    ``epochs``/``lr`` override them), batches of ``profile.batch_size`` shuffled with ``seed``. ``seed`` also
-    fixes the initialisation, so two seeds give two independently trained networks. The cache key holds the
-    profile, the data's fingerprint, the architecture's description, the seed and every hyper-parameter.
-    The global RNG state is left as it was. Returns the model in eval mode on ``device``.
-    """
-    from mcar_lib import cache, data as data_mod, repro, train
-
-    dev = repro.resolve_device(device)
-    source = splits.train if train_data is None else train_data
-    settings = profile.mc
-    sgd = train.SGDConfig(lr=settings.endpoint_lr if lr is None else lr, momentum=0.9,
-                          weight_decay=settings.endpoint_weight_decay, schedule=settings.endpoint_schedule)
-    n_epochs = settings.endpoint_epochs if epochs is None else epochs
-    arch = architecture_kwargs(profile.model, source, width=profile.width if profile.model == "small_cnn" else None)
-    with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG alone
-        modules = describe(build(profile.model, **arch))
-    key = {"name": f"{profile.model}-trained", "profile": profile.name, "dataset": splits.dataset,
-           "data": fingerprint(source), "n_train": len(source), "model": profile.model, "arch": arch,
-           "modules": modules, "seed": seed, "epochs": n_epochs,
-           "batch_size": profile.batch_size, "sgd": asdict(sgd)}
-
-    def make() -> nn.Module:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return build(profile.model, **arch).to(dev)
-
-    def fit(model: nn.Module) -> nn.Module:
-        batches = data_mod.loader(source, profile.batch_size, shuffle=True, seed=seed)
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            torch.manual_seed(seed)  # dropout masks (VGG16)
-            net, _ = train.fit(model, batches, epochs=n_epochs, sgd=sgd, show_progress=show_progress)
-        return net
-
-    return cache.load_or_train(key, make, fit)
+def parameter_names(name: str, **kwargs: Any) -> list[str]:
+    """The parameter names of architecture ``name`` built with ``kwargs``, without allocating its weights
+    (built on the ``meta`` device): for checking settings that name parameters."""
+    with torch.device("meta"):
+        return [n for n, _ in build(name, **kwargs).named_parameters()]

@@ -4,13 +4,15 @@ curve's plane.
 Every chapter asks the same question (what happens to clean error, attack success, robust loss, curvature
 ... along a path?), so one loop serves them all: :func:`evaluate` builds the network at each t with its
 batch-norm statistics recomputed from the defender's data, hands it to each metric, and returns one row per t.
-A metric is any ``Callable[[nn.Module], float]``; :func:`error_on`, :func:`accuracy_on` and :func:`loss_on`
-make the common ones. The straight line is just ``Curve.line(a, b)``.
+A metric is any ``Callable[[nn.Module], float]``, or one that returns several numbers from one pass as a
+mapping (``{"loss": ..., "accuracy": ...}`` becomes the columns ``<name>_loss`` and ``<name>_accuracy``);
+:func:`error_on`, :func:`accuracy_on`, :func:`loss_on` and :func:`evaluation_on` make the common ones. The
+straight line is just ``Curve.line(a, b)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,38 +20,44 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mcar_lib.curves import BatchSource, Curve, check_t
-from mcar_lib.data import LabeledImages, batches
+from mcar_lib.curves import Curve, check_t
+from mcar_lib.data import BatchSource
 from mcar_lib.train import evaluate as evaluate_model
 from mcar_lib.train import progress
 
-Metric = Callable[[nn.Module], float]
+#: A measurement of one model: a number, or several numbers from one pass (a mapping name -> value).
+Metric = Callable[[nn.Module], "float | Mapping[str, float]"]
 
 
 # ---------------------------------------------------------------------------------------------- metrics
 
-def _batch_source(data: BatchSource, batch_size: int) -> Callable[[], Iterable]:
-    if isinstance(data, LabeledImages):
-        return lambda: batches(data, batch_size)
-    return lambda: data
+def evaluation_on(data: BatchSource, *, batch_size: int = 512) -> Metric:
+    """A metric: ``{"loss": mean cross-entropy (nats), "accuracy": accuracy (%)}`` on ``data``, from one pass.
+
+    ``data`` is a LabeledImages or a re-iterable loader (a one-shot generator would be empty the second time).
+    """
+    return lambda model: evaluate_model(model, data, batch_size=batch_size)
 
 
 def accuracy_on(data: BatchSource, *, batch_size: int = 512) -> Metric:
-    """A metric: accuracy (%) on ``data`` (a LabeledImages or a re-iterable loader), in eval mode."""
-    source = _batch_source(data, batch_size)
-    return lambda model: evaluate_model(model, source())["accuracy"]
+    """A metric: accuracy (%) on ``data``, in eval mode."""
+    return lambda model: evaluate_model(model, data, batch_size=batch_size)["accuracy"]
 
 
 def error_on(data: BatchSource, *, batch_size: int = 512) -> Metric:
     """A metric: error rate (%, 100 − accuracy) on ``data``."""
-    source = _batch_source(data, batch_size)
-    return lambda model: 100.0 - evaluate_model(model, source())["accuracy"]
+    return lambda model: 100.0 - evaluate_model(model, data, batch_size=batch_size)["accuracy"]
 
 
 def loss_on(data: BatchSource, *, batch_size: int = 512) -> Metric:
     """A metric: mean cross-entropy (nats) on ``data``."""
-    source = _batch_source(data, batch_size)
-    return lambda model: evaluate_model(model, source())["loss"]
+    return lambda model: evaluate_model(model, data, batch_size=batch_size)["loss"]
+
+
+def _columns(name: str, value: float | Mapping[str, float]) -> dict[str, float]:
+    if isinstance(value, Mapping):
+        return {f"{name}_{key}": float(v) for key, v in value.items()}
+    return {name: float(value)}
 
 
 # ------------------------------------------------------------------------------------------- evaluation
@@ -67,7 +75,8 @@ def _grid(ts: Sequence[float] | np.ndarray | torch.Tensor | int) -> list[float]:
 
 def evaluate(curve: Curve, ts: Sequence[float] | np.ndarray | torch.Tensor | int, metrics: Mapping[str, Metric],
              bn_data: BatchSource | None = None, *, show_progress: bool = True) -> pd.DataFrame:
-    """One row per t (sorted): ``t``, ``arc_length`` and one column per metric.
+    """One row per t (sorted): ``t``, ``arc_length`` and one column per metric (``<name>_<key>`` for each number
+    of a metric that returns a mapping).
 
     Each metric receives ``curve.at(t, bn_data)``: a standalone network whose batch-norm statistics were
     recomputed from ``bn_data`` (the defender's data; required for an interior t of a batch-norm network;
@@ -87,7 +96,10 @@ def evaluate(curve: Curve, ts: Sequence[float] | np.ndarray | torch.Tensor | int
                 length += float(torch.linalg.vector_norm(w - previous))
             previous = w
         model = curve.at(t, bn_data)
-        rows.append({"t": t, "arc_length": length, **{name: float(fn(model)) for name, fn in metrics.items()}})
+        row: dict[str, float] = {"t": t, "arc_length": length}
+        for name, fn in metrics.items():
+            row.update(_columns(name, fn(model)))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -193,5 +205,8 @@ def plane_surface(curve: Curve, metric: Metric, bn_data: BatchSource | None = No
     cells = [(i, j) for i in range(ny) for j in range(nx)]
     for i, j in progress(cells, desc="plane", enabled=show_progress):
         w = (origin + x[j] * u + y[i] * v).to(device, dtype)
-        values[i, j] = float(metric(curve.model_at_weights(w, bn_data)))
+        value = metric(curve.model_at_weights(w, bn_data))
+        if isinstance(value, Mapping):
+            raise TypeError("plane_surface draws one number per point; pass a metric that returns a float")
+        values[i, j] = float(value)
     return PlaneSurface(x=x, y=y, values=values, points=points, path=path, path_t=path_t, metric=metric_name)

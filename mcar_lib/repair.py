@@ -28,7 +28,7 @@ from the tampered models as that allows". ``select="best_interior"`` takes the m
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,10 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mcar_lib.data import LabeledImages, batches, loader, split_off
-from mcar_lib.models import fingerprint
+from mcar_lib import cache, curves
+from mcar_lib.batchnorm import recalibrated
+from mcar_lib.checks import check_finite_weights, check_has_parameters, check_same_architecture
+from mcar_lib.data import LabeledImages, StepBatches, batches, split_off
+from mcar_lib.models import last_conv_name
+from mcar_lib.modes import evaluation_mode
 from mcar_lib.repro import model_device
-from mcar_lib.train import SGDConfig, cross_entropy_loss, evaluate, evaluation_mode, fit
+from mcar_lib.train import LossFn, SGDConfig, cross_entropy_loss, evaluate, fit
 
 SELECTION_RULES = ("farthest_within_tolerance", "best_interior")
 
@@ -67,115 +71,49 @@ class RepairResult:
 
 # ----------------------------------------------------------------------------------------------- helpers
 
-class StepBatches:
-    """Exactly ``steps`` shuffled mini-batches, cycling through ``data`` (reshuffled, seeded, every pass).
-
-    Training length is then the same for every bonafide size N (the reference code did the same by tiling
-    the bonafide set to a fixed number of samples per epoch). Has ``len`` so learning-rate schedules work.
-    """
-
-    def __init__(self, data: LabeledImages, batch_size: int, steps: int, *, seed: int = 0) -> None:
-        if steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
-        if len(data) == 0:
-            raise ValueError("cannot train on an empty data set")
-        self.data, self.batch_size, self.steps, self.seed = data, batch_size, steps, seed
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        done, sweep = 0, 0
-        while True:
-            for batch in loader(self.data, self.batch_size, shuffle=True, seed=self.seed + sweep):
-                if done == self.steps:
-                    return
-                yield batch
-                done += 1
-            sweep += 1
-
-
-def _check_same_architecture(a: nn.Module, b: nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    for name, value in sa.items():
-        if name not in sb:
-            raise ValueError(f"model b has no entry {name!r} (a has it): are both models the same architecture?")
-        if sb[name].shape != value.shape:
-            raise ValueError(f"{name!r} has shape {tuple(value.shape)} in a but {tuple(sb[name].shape)} in b: "
-                             "are both models the same architecture?")
-    extra = set(sb) - set(sa)
-    if extra:
-        raise ValueError(f"model b has entries that a lacks ({sorted(extra)[:3]}...): same architecture?")
-
-
-def _has_batch_norm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-@torch.no_grad()
-def recompute_bn(model: nn.Module, data: LabeledImages, *, batch_size: int = 256) -> nn.Module:
-    """A copy of ``model`` whose batch-norm running statistics are averages over ``data`` (batch statistics
-    weighted by batch size, as in Garipov et al.'s ``update_bn``).
-
-    Weights that were never trained together (noise, pruning, a point on a path) need fresh statistics; they
-    come from the defender's data only. A model without batch norm is returned as an (eval-mode) copy.
-    """
-    net = copy.deepcopy(model)
-    if not _has_batch_norm(net):
-        return net.eval()
-    device = model_device(net)
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-    net.train()
-    seen = 0
-    for x, _ in batches(data, batch_size):
-        for m in norms:  # running average weighted by batch size: every image counts equally
-            m.momentum = len(x) / (seen + len(x))
-        net(x.to(device))
-        seen += len(x)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    return net.eval()
+def _check_bonafide(bonafide: LabeledImages) -> None:
+    if not isinstance(bonafide, LabeledImages):
+        raise TypeError(f"bonafide must be a mcar_lib.data.LabeledImages (images in [0, 1] and labels), got "
+                        f"{type(bonafide).__name__}; wrap tensors with data.LabeledImages(x, y)")
+    if len(bonafide) == 0:
+        raise ValueError("the bonafide data set is empty: repair needs some clean, correctly labelled images")
 
 
 def _heldout_accuracy(model: nn.Module, data: LabeledImages, batch_size: int) -> float:
     return evaluate(model, batches(data, batch_size))["accuracy"]
 
 
+def _trained(use_cache: bool, key: Mapping[str, Any], build: Callable[[], nn.Module],
+             train: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """``train(build())``, or the same through the checkpoint cache, keyed by every input in ``key``."""
+    if not use_cache:
+        return train(build())
+    return cache.load_or_train(key, build, train)
+
+
 # ----------------------------------------------------------------------------------------------- baselines
 
-def _trained(cache_config: Mapping[str, Any] | None, extra: Mapping[str, Any], build: Callable[[], nn.Module],
-             train: Callable[[nn.Module], nn.Module]) -> nn.Module:
-    """``train(build())``, or the same through the checkpoint cache when ``cache_config`` is given."""
-    if cache_config is None:
-        return train(build())
-    from mcar_lib import cache
-
-    return cache.load_or_train({**cache_config, **extra}, build, train)
-
-
 def finetune(model: nn.Module, bonafide: LabeledImages, *, steps: int, sgd: SGDConfig = SGDConfig(lr=0.01),
-             batch_size: int = 128, seed: int = 0, loss_fn: Callable[..., Tensor] = cross_entropy_loss,
-             name: str = "fine-tuning", cache_config: Mapping[str, Any] | None = None) -> RepairResult:
+             batch_size: int = 128, seed: int = 0, loss_fn: LossFn = cross_entropy_loss,
+             name: str = "fine-tuning", cache: bool = False) -> RepairResult:
     """Fine-tune a copy of ``model`` on the bonafide data for ``steps`` SGD steps.
 
-    With ``cache_config`` (the caller's description of the run: profile, seed, which model, ...) the result
-    goes through :func:`mcar_lib.cache.load_or_train`, keyed also by every hyper-parameter here and by
-    fingerprints of ``model`` and ``bonafide``.
+    With ``cache=True`` the result goes through :func:`mcar_lib.cache.load_or_train`, keyed by every input
+    here (the model's and the data's hashes, every hyper-parameter, the loss function).
     """
+    check_has_parameters(model)
+    _check_bonafide(bonafide)
     losses: list[float] = []
 
     def train_copy(net: nn.Module) -> nn.Module:
-        trained, history = fit(net, StepBatches(bonafide, batch_size, steps, seed=seed), epochs=1, sgd=sgd,
+        trained, history = fit(net, StepBatches(bonafide, batch_size, steps, seed=seed), steps=steps, sgd=sgd,
                                loss_fn=loss_fn, show_progress=False)
         losses.extend(history.column("train_loss"))
         return trained
 
-    extra = {"method": name, "steps": steps, "sgd": sgd, "batch_size": batch_size, "seed": seed,
-             "start": fingerprint(model), "bonafide": fingerprint(bonafide)}
-    trained = _trained(cache_config, extra, lambda: copy.deepcopy(model), train_copy)
+    key = {"name": name, "model": model, "bonafide": bonafide, "steps": steps, "sgd": sgd,
+           "batch_size": batch_size, "seed": seed, "loss_fn": loss_fn}
+    trained = _trained(cache, key, lambda: copy.deepcopy(model), train_copy)
     return RepairResult(trained.eval(), name,
                         details={"steps": steps, "train_loss": losses[-1] if losses else float("nan")})
 
@@ -192,7 +130,7 @@ def _fresh_copy(template: nn.Module, seed: int) -> nn.Module:
 
 def train_from_scratch(template: nn.Module | Callable[[], nn.Module], bonafide: LabeledImages, *, steps: int,
                        sgd: SGDConfig = SGDConfig(lr=0.05), batch_size: int = 128, seed: int = 0,
-                       cache_config: Mapping[str, Any] | None = None) -> RepairResult:
+                       cache: bool = False) -> RepairResult:
     """Throw the tampered weights away: train a freshly initialised model on the bonafide data alone.
 
     ``template`` is either a model (copied, every layer re-initialised with a seeded ``reset_parameters``,
@@ -205,7 +143,7 @@ def train_from_scratch(template: nn.Module | Callable[[], nn.Module], bonafide: 
             torch.manual_seed(seed)
             fresh = template()
     return finetune(fresh, bonafide, steps=steps, sgd=sgd, batch_size=batch_size, seed=seed, name="from scratch",
-                    cache_config=cache_config)
+                    cache=cache)
 
 
 @torch.no_grad()
@@ -215,9 +153,13 @@ def noisy_model(a: nn.Module, b: nn.Module, bonafide: LabeledImages, *, scale: f
     with ``ε ~ N(0, I)`` per weight, then batch norm recomputed from the bonafide data.
 
     This is the reference code's "noisy model" control (c = 0.5, scale = 0.5), with its missing batch-norm
-    recalibration added. It moves as far as the path does, in a random direction.
+    recalibration added (:func:`mcar_lib.batchnorm.recalibrated`, from the bonafide data): a random model around
+    the midpoint of the segment, with per-weight noise of ``scale`` times the endpoints' difference.
     """
-    _check_same_architecture(a, b)
+    check_same_architecture(a, b)
+    check_finite_weights(a, "endpoint a")
+    check_finite_weights(b, "endpoint b")
+    _check_bonafide(bonafide)
     if scale < 0:
         raise ValueError(f"scale must be non-negative, got {scale}")
     net = copy.deepcopy(a)
@@ -227,7 +169,7 @@ def noisy_model(a: nn.Module, b: nn.Module, bonafide: LabeledImages, *, scale: f
         wa, wb = p.detach(), params_b[name].detach().to(p.device)
         noise = torch.randn(p.shape, generator=gen).to(p.device, p.dtype)
         p.copy_((1.0 - centre) * wa + centre * wb + scale * (wb - wa).abs() * noise)
-    net = recompute_bn(net, bonafide, batch_size=batch_size)
+    net = recalibrated(net, bonafide, batch_size=batch_size)
     return RepairResult(net, "noisy model", details={"scale": scale, "centre": centre, "seed": seed})
 
 
@@ -297,7 +239,7 @@ def _zero_channels_(model: nn.Module, site: _PruneSite, channels: Tensor) -> Non
 def fine_prune(model: nn.Module, bonafide: LabeledImages, *, layer: str | None = None, tolerance: float = 4.0,
                prune_step: int = 1, holdout_fraction: float = 0.2, steps: int = 300,
                sgd: SGDConfig = SGDConfig(lr=0.01), batch_size: int = 128, seed: int = 0,
-               cache_config: Mapping[str, Any] | None = None) -> RepairResult:
+               cache: bool = False) -> RepairResult:
     """Fine-pruning (Liu et al. 2018) on a copy of ``model``.
 
     1. Rank the channels of ``layer`` (default: the last convolution) by their mean activation on bonafide
@@ -312,8 +254,8 @@ def fine_prune(model: nn.Module, bonafide: LabeledImages, *, layer: str | None =
     scale and shift, so the pruned channels output exactly zero. (In a residual block the skip connection
     still carries information around a pruned convolution.)
     """
-    from mcar_lib.models import last_conv_name
-
+    check_finite_weights(model)
+    _check_bonafide(bonafide)
     if tolerance < 0:
         raise ValueError(f"tolerance is an accuracy drop in percentage points and must be >= 0, got {tolerance}")
     rest, held = split_off(bonafide, holdout_fraction, seed=seed)
@@ -344,7 +286,7 @@ def fine_prune(model: nn.Module, bonafide: LabeledImages, *, layer: str | None =
         return cross_entropy_loss(m, x, y)
 
     tuned = finetune(net, rest, steps=steps, sgd=sgd, batch_size=batch_size, seed=seed, loss_fn=masked_loss,
-                     name="fine-pruning", cache_config=cache_config).model
+                     name="fine-pruning", cache=cache).model
     _zero_channels_(tuned, site, pruned)
     return RepairResult(tuned, "fine-pruning", table=pd.DataFrame(rows),
                         details={"layer": conv_name, "norm": site.norm, "n_pruned": n_pruned,
@@ -389,12 +331,43 @@ def default_ts(n: int = 11) -> list[float]:
     return [round(i / (n - 1), 12) for i in range(n)]
 
 
-def path_repair(a: nn.Module, b: nn.Module, bonafide: LabeledImages, *, kind: str = "bezier", n_bends: int = 1,
-                steps: int = 1000, sgd: SGDConfig = SGDConfig(lr=0.03, weight_decay=5e-4, schedule="cosine"),
+def train_path(a: nn.Module, b: nn.Module, data: LabeledImages, *, kind: curves.CurveKind = "bezier",
+               n_bends: int = 1, steps: int = 1000,
+               sgd: SGDConfig = SGDConfig(lr=0.03, weight_decay=5e-4, schedule="cosine"), batch_size: int = 128,
+               seed: int = 0, loss_fn: LossFn = cross_entropy_loss, cache: bool = False) -> curves.Curve:
+    """A curve between ``a`` and ``b`` trained on ``data`` for ``steps`` steps (see
+    :func:`mcar_lib.curves.fit_curve`); with ``cache=True`` through the checkpoint cache, keyed by every input."""
+    check_same_architecture(a, b)
+    _check_bonafide(data)
+
+    def train_curve(curve: nn.Module) -> nn.Module:
+        trained, _ = curves.fit_curve(curve, StepBatches(data, batch_size, steps, seed=seed),  # type: ignore[arg-type]
+                                      steps=steps, sgd=sgd, loss_fn=loss_fn, seed=seed, show_progress=False)
+        return trained
+
+    key = {"name": f"path-{kind}-{n_bends}", "a": a, "b": b, "data": data, "steps": steps, "sgd": sgd,
+           "batch_size": batch_size, "seed": seed, "loss_fn": loss_fn}
+    return _trained(cache, key, lambda: curves.Curve.between(a, b, kind=kind, n_bends=n_bends),  # type: ignore[return-value]
+                    train_curve)
+
+
+def heldout_table(curve: curves.Curve, held: LabeledImages, bn_data: LabeledImages,
+                  ts: Sequence[float]) -> pd.DataFrame:
+    """Held-out accuracy (%) and loss (nats) of the curve's model at each t (BN statistics from ``bn_data``):
+    the defender's only view of the path."""
+    rows = []
+    for t in ts:
+        result = evaluate(curve.at(float(t), bn_data=bn_data), batches(held, 512))
+        rows.append({"t": float(t), "heldout_accuracy": result["accuracy"], "heldout_loss": result["loss"]})
+    return pd.DataFrame(rows)
+
+
+def path_repair(a: nn.Module, b: nn.Module, bonafide: LabeledImages, *, kind: curves.CurveKind = "bezier",
+                n_bends: int = 1, steps: int = 1000,
+                sgd: SGDConfig = SGDConfig(lr=0.03, weight_decay=5e-4, schedule="cosine"),
                 batch_size: int = 128, holdout_fraction: float = 0.2, ts: Sequence[float] | None = None,
                 select: str = "farthest_within_tolerance", tolerance: float = 2.0, min_distance: float = 0.1,
-                seed: int = 0, loss_fn: Callable[..., Tensor] = cross_entropy_loss,
-                cache_config: Mapping[str, Any] | None = None) -> RepairResult:
+                seed: int = 0, loss_fn: LossFn = cross_entropy_loss, cache: bool = False) -> RepairResult:
     """Repair by path connection (Zhao et al. 2020): train a curve between ``a`` and ``b`` on bonafide data,
     then return the model at a t chosen on a held-out slice of the bonafide data (see :func:`select_t`).
 
@@ -402,43 +375,25 @@ def path_repair(a: nn.Module, b: nn.Module, bonafide: LabeledImages, *, kind: st
     :func:`one_model_endpoints`). A ``holdout_fraction`` of the bonafide set is kept aside for choosing t;
     the curve is trained, and batch-norm statistics at each t are recomputed, on the rest. The endpoints stay
     fixed; only the bend(s) are trained. The returned ``table`` has, per candidate t, the held-out accuracy
-    and loss the choice was based on. With ``cache_config`` the trained curve goes through the checkpoint
-    cache (see :func:`finetune`).
+    and loss the choice was based on. With ``cache=True`` the trained curve goes through the checkpoint
+    cache (see :func:`train_path`).
     """
-    from mcar_lib import curves
-
-    _check_same_architecture(a, b)
+    _check_bonafide(bonafide)
     rest, held = split_off(bonafide, holdout_fraction, seed=seed)
-    losses: list[float] = []
-
-    def train_curve(curve: curves.Curve) -> curves.Curve:
-        trained, history = curves.fit_curve(curve, StepBatches(rest, batch_size, steps, seed=seed), steps=steps,
-                                            sgd=sgd, loss_fn=loss_fn, seed=seed, show_progress=False)
-        losses.extend(history.column("train_loss"))
-        return trained
-
-    extra = {"method": f"path-{kind}-{n_bends}", "steps": steps, "sgd": sgd, "batch_size": batch_size,
-             "seed": seed, "holdout_fraction": holdout_fraction, "a": fingerprint(a), "b": fingerprint(b),
-             "bonafide": fingerprint(bonafide)}
-    trained = _trained(cache_config, extra, lambda: curves.Curve.between(a, b, kind=kind, n_bends=n_bends),
-                       train_curve)
+    trained = train_path(a, b, rest, kind=kind, n_bends=n_bends, steps=steps, sgd=sgd, batch_size=batch_size,
+                         seed=seed, loss_fn=loss_fn, cache=cache)
     grid = [float(t) for t in (ts if ts is not None else default_ts(11))]
-    rows = []
-    for t in grid:
-        m = trained.at(t, bn_data=rest)
-        ev = evaluate(m, batches(held, 512))
-        rows.append({"t": t, "heldout_accuracy": ev["accuracy"], "heldout_loss": ev["loss"]})
-    table = pd.DataFrame(rows)
+    table = heldout_table(trained, held, rest, grid)
     t_star = select_t(table, rule=select, tolerance=tolerance, min_distance=min_distance)
     model = trained.at(t_star, bn_data=rest)
     return RepairResult(model, f"path repair ({kind})", t=t_star, table=table, curve=trained, bn_data=rest,
                         details={"steps": steps, "rule": select, "tolerance": tolerance, "n_train": len(rest),
-                                 "n_heldout": len(held), "final_train_loss": losses[-1] if losses else float("nan")})
+                                 "n_heldout": len(held)})
 
 
 def one_model_endpoints(tampered: nn.Module, bonafide: LabeledImages, *, steps: int,
                         sgd: SGDConfig = SGDConfig(lr=0.01), batch_size: int = 128, holdout_fraction: float = 0.2,
-                        seed: int = 0, cache_config: Mapping[str, Any] | None = None) -> tuple[nn.Module, nn.Module]:
+                        seed: int = 0, cache: bool = False) -> tuple[nn.Module, nn.Module]:
     """The one-tampered-model variant's endpoints: ``(tampered, tampered fine-tuned on bonafide data)``.
 
     Pass them to :func:`path_repair` with the same ``bonafide``, ``holdout_fraction`` and ``seed``: the copy is
@@ -447,6 +402,5 @@ def one_model_endpoints(tampered: nn.Module, bonafide: LabeledImages, *, steps: 
     the rule would drift towards it).
     """
     rest, _ = split_off(bonafide, holdout_fraction, seed=seed)
-    tuned = finetune(tampered, rest, steps=steps, sgd=sgd, batch_size=batch_size, seed=seed,
-                     cache_config=cache_config).model
+    tuned = finetune(tampered, rest, steps=steps, sgd=sgd, batch_size=batch_size, seed=seed, cache=cache).model
     return tampered, tuned

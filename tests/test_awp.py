@@ -11,7 +11,8 @@ from torch import nn
 
 from mcar_lib.adversarial import RobustLoss, fit_adversarial
 from mcar_lib.attacks import PGD
-from mcar_lib.awp import AWP, AWPLoss, awp_perturbation, perturbable_names, shifted_params, training_steps
+from mcar_lib.awp import AWP, AWPLoss, awp_perturbation, training_steps
+from mcar_lib.functional import perturbable_names, shifted
 from mcar_lib.data import LabeledImages, loader
 
 
@@ -84,10 +85,10 @@ def test_excluded_parameters_are_never_perturbed() -> None:
     one_dim = {n for n, p in model.named_parameters() if p.ndim <= 1}
     assert one_dim and one_dim.isdisjoint(v)  # biases and BN scales/shifts are not in v
     assert set(v) == set(perturbable_names(model)) == {"0.weight", "3.weight", "7.weight"}
-    shifted = shifted_params(model, v)
     params = dict(model.named_parameters())
+    moved = shifted(params, v)
     for name in one_dim:
-        assert shifted[name] is params[name]
+        assert moved[name] is params[name]
 
 
 def test_awp_step_restores_weights_bit_for_bit_and_uses_gradient_at_perturbed_point() -> None:

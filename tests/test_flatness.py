@@ -181,5 +181,5 @@ def test_bad_input_is_refused() -> None:
         average_flatness(model, data(), attack=None, xi=-1.0)
     with pytest.raises(ValueError, match="empty"):
         average_flatness(model, [], attack=None)
-    with pytest.raises(KeyError, match="direction"):
+    with pytest.raises(KeyError, match="does not have"):
         loss_curve(model, data(), direction={"nope": torch.zeros(1)}, alphas=[0.0])

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from mcar_lib import models, profiles
-from mcar_lib.data import LabeledImages, Splits
+from mcar_lib import cache, models
+from mcar_lib.data import LabeledImages
 
 
 def _conv(cin: int, cout: int, k: int = 3, bias: bool = True) -> int:
@@ -67,36 +67,16 @@ def test_last_conv_name_and_bad_input() -> None:
         models.build("small_cnn", width=0)
 
 
-def test_trained_is_cached_and_seed_dependent(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("MCAR_CACHE_DIR", str(tmp_path))
-    gen = torch.Generator().manual_seed(0)
-    pool = LabeledImages(torch.rand(64, 1, 8, 8, generator=gen), torch.randint(0, 10, (64,), generator=gen))
-    splits = Splits(train=pool.subset(slice(0, 48)), bonafide=pool.subset(slice(48, 56)),
-                    test=pool.subset(slice(56, 64)), dataset="synthetic", seed=0)
-    cfg = profiles.get("smoke")
-    rng_before = torch.get_rng_state()
-    first = models.trained(cfg, splits, seed=1, device="cpu", show_progress=False)
-    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is left alone
-    assert len(list((tmp_path / "checkpoints").glob("*.pt"))) == 1
-    again = models.trained(cfg, splits, seed=1, device="cpu", show_progress=False)
-    for (k, v), (k2, v2) in zip(first.state_dict().items(), again.state_dict().items()):
-        assert k == k2 and torch.equal(v, v2)
-    assert len(list((tmp_path / "checkpoints").glob("*.pt"))) == 1  # loaded, not retrained
-    other = models.trained(cfg, splits, seed=2, device="cpu", show_progress=False)
-    assert not torch.equal(other.conv1.weight, first.conv1.weight)
-    assert not first.training
-
-
-def test_fingerprint_tells_data_and_models_apart() -> None:
+def test_cache_descriptions_tell_data_and_models_apart() -> None:
     x = torch.zeros(4, 1, 2, 2)
     same = LabeledImages(x, torch.zeros(4, dtype=torch.long))
-    assert models.fingerprint(same) == models.fingerprint(LabeledImages(x.clone(), torch.zeros(4, dtype=torch.long)))
+    assert cache.describe(same) == cache.describe(LabeledImages(x.clone(), torch.zeros(4, dtype=torch.long)))
     relabelled = LabeledImages(x, torch.tensor([0, 0, 0, 1]))
-    assert models.fingerprint(same) != models.fingerprint(relabelled)
+    assert cache.describe(same) != cache.describe(relabelled)
     torch.manual_seed(0)
     a, b = models.build("small_cnn", width=2), models.build("small_cnn", width=2)
-    assert models.fingerprint(a) != models.fingerprint(b)
+    assert cache.fingerprint(a) != cache.fingerprint(b)
     b.load_state_dict(a.state_dict())
-    assert models.fingerprint(a) == models.fingerprint(b)
+    assert cache.fingerprint(a) == cache.fingerprint(b)
     with pytest.raises(TypeError, match="fingerprint"):
-        models.fingerprint([1, 2])  # type: ignore[arg-type]
+        cache.fingerprint([1, 2])  # type: ignore[arg-type]

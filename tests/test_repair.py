@@ -89,25 +89,6 @@ def test_train_from_scratch_forgets_the_template() -> None:
     assert fresh.name == "from scratch"
 
 
-def test_recompute_bn_averages_the_statistics_of_the_bonafide_data() -> None:
-    a, bona = _cnn(0), _data(50)
-    net = repair.recompute_bn(a, bona, batch_size=16)
-    name, first_bn = next((n, m) for n, m in a.named_modules() if isinstance(m, nn.BatchNorm2d))
-    seen: list[Tensor] = []  # the first BN's input does not depend on any BN statistics
-    handle = first_bn.register_forward_hook(lambda m, i, o: seen.append(i[0]))
-    with torch.no_grad():
-        a.eval()(bona.x)
-    handle.remove()
-    z = seen[0]
-    mean = z.mean(dim=(0, 2, 3))
-    chunks = torch.split(z, 16)  # 16, 16, 16, 2 images: per-batch variances weighted by batch size
-    var = sum(len(c) * c.transpose(0, 1).flatten(1).var(dim=1, unbiased=True) for c in chunks) / len(z)
-    recomputed = dict(net.named_modules())[name]
-    assert torch.allclose(recomputed.running_mean, mean, atol=1e-6)
-    assert torch.allclose(recomputed.running_var, var, rtol=1e-4)
-    assert recomputed.momentum == first_bn.momentum
-
-
 def test_noisy_model_centre_and_scale() -> None:
     a, b = _cnn(0), _cnn(1)
     r0 = repair.noisy_model(a, b, _data(), scale=0.0)
@@ -233,24 +214,40 @@ def test_path_repair_accepts_models_without_batch_norm_and_the_one_model_variant
     assert r.table.loc[r.table["t"] == r.t, "heldout_accuracy"].item() == interior["heldout_accuracy"].max()
 
 
-def test_cache_config_trains_once_and_reloads_the_same_weights(tmp_path, monkeypatch) -> None:
+def test_cache_trains_once_and_reloads_the_same_weights(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MCAR_CACHE_DIR", str(tmp_path))
     a, b, bona = _cnn(0), _cnn(1), _data()
-    key = {"name": "test-path", "profile": "test"}
     ts = [0.0, 0.5, 1.0]
-    first = repair.path_repair(a, b, bona, steps=3, sgd=SGDConfig(lr=0.05), ts=ts, cache_config=key)
-    assert len(list(tmp_path.rglob("test-path-*.pt"))) == 1
-    again = repair.path_repair(a, b, bona, steps=3, sgd=SGDConfig(lr=0.05), ts=ts, cache_config=key)
+    first = repair.path_repair(a, b, bona, steps=3, sgd=SGDConfig(lr=0.05), ts=ts, cache=True)
+    assert len(list(tmp_path.rglob("path-bezier-1-*.pt"))) == 1
+    again = repair.path_repair(a, b, bona, steps=3, sgd=SGDConfig(lr=0.05), ts=ts, cache=True)
     assert torch.equal(first.curve.bends, again.curve.bends)
     assert first.table.equals(again.table) and first.t == again.t
-    other = repair.path_repair(a, b, _data(seed=5), steps=3, sgd=SGDConfig(lr=0.05), ts=ts, cache_config=key)
-    assert len(list(tmp_path.rglob("test-path-*.pt"))) == 2, "another bonafide set must not reuse the entry"
+    other = repair.path_repair(a, b, _data(seed=5), steps=3, sgd=SGDConfig(lr=0.05), ts=ts, cache=True)
+    assert len(list(tmp_path.rglob("path-bezier-1-*.pt"))) == 2, "another bonafide set must not reuse the entry"
     assert not torch.equal(first.curve.bends, other.curve.bends)
-    ft = repair.finetune(a, bona, steps=3, sgd=SGDConfig(lr=0.05), cache_config={"name": "test-ft"})
-    ft2 = repair.finetune(a, bona, steps=3, sgd=SGDConfig(lr=0.05), cache_config={"name": "test-ft"})
+    ft = repair.finetune(a, bona, steps=3, sgd=SGDConfig(lr=0.05), cache=True)
+    ft2 = repair.finetune(a, bona, steps=3, sgd=SGDConfig(lr=0.05), cache=True)
     for p, q in zip(ft.model.parameters(), ft2.model.parameters()):
         assert torch.equal(p, q)
-    assert len(list(tmp_path.rglob("test-ft-*.pt"))) == 1
+    assert len(list(tmp_path.rglob("fine-tuning-*.pt"))) == 1
+
+
+def _label_smoothed(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    return torch.nn.functional.cross_entropy(model(x), y, label_smoothing=0.2)
+
+
+def test_the_loss_function_is_part_of_the_cache_key(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MCAR_CACHE_DIR", str(tmp_path))
+    a, b, bona = _cnn(0), _cnn(1), _data()
+    plain = repair.finetune(a, bona, steps=3, sgd=SGDConfig(lr=0.05), cache=True)
+    smoothed = repair.finetune(a, bona, steps=3, sgd=SGDConfig(lr=0.05), loss_fn=_label_smoothed, cache=True)
+    assert len(list(tmp_path.rglob("fine-tuning-*.pt"))) == 2
+    assert any(not torch.equal(p, q) for p, q in zip(plain.model.parameters(), smoothed.model.parameters()))
+    ts = [0.0, 0.5, 1.0]
+    repair.path_repair(a, b, bona, steps=2, sgd=SGDConfig(lr=0.05), ts=ts, cache=True)
+    repair.path_repair(a, b, bona, steps=2, sgd=SGDConfig(lr=0.05), ts=ts, cache=True, loss_fn=_label_smoothed)
+    assert len(list(tmp_path.rglob("path-bezier-1-*.pt"))) == 2
 
 
 def test_one_model_endpoints_never_see_the_held_out_slice() -> None:
