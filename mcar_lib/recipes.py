@@ -1,33 +1,37 @@
-"""Cached building blocks of the robustness chapters: endpoints, curves and path tables, built once.
+"""The experiment layer: the one place that turns a profile into the data, models, curves and tables of the chapters.
 
-Chapters 4 (the robustness-loss barrier), 5 (input-Hessian curvature) and 6 (flatness) study the *same* networks:
-regular and adversarially trained endpoints and the curves between them. Building them here, through the
-checkpoint cache with the full configuration in every key, means each chapter gets exactly the models the
-others measured, and only the first chapter to ask pays for training.
+Chapters stay thin by asking for *what* they need ("the regular endpoint for seed 0", "the robust-loss curve
+between the regular and the adversarial network", "the flatness of this model") and getting it from the
+checkpoint cache, trained on first use. Every cached object is keyed by the inputs that produce it, passed to
+:mod:`mcar_lib.cache` as they are (models, data sets, settings sections, loss functions, seeds): no chapter
+builds a key by hand, and a change to any input trains anew. Chapters that study the same networks (4, 5 and 6)
+get exactly the models the others measured, and only the first chapter to ask pays for training.
 
-Pairs are named ``"regular-regular"``, ``"regular-adversarial"`` and ``"adversarial-adversarial"``; a pair's
-first endpoint is t = 0. Member ``i`` of a kind is trained from seed ``seed + i`` (two members of one kind are
-independent networks). Curves are trained on the training set with the standard loss or the robust loss;
-batch-norm statistics along a path come from the defender's data (``bn_data``), never from the test set.
+Pairs of endpoints are named ``"regular-regular"``, ``"regular-adversarial"`` and ``"adversarial-adversarial"``; a
+pair's first endpoint is t = 0. Member ``i`` of a kind is trained from seed ``seed + i`` (two members of one kind
+are independent networks). Batch-norm statistics along a path come from the defender's data (:func:`bn_data`),
+never from the test set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict
-from typing import Literal
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from mcar_lib import adversarial, attacks, cache, curves, models, paths, repro, train
-from mcar_lib.data import LabeledImages, Splits, batches, loader, take
+from mcar_lib import adversarial, attacks, awp, cache, curves, faults, flatness, hessian, models, paths, repro, train
+from mcar_lib.data import LabeledImages, Splits, batches, load_splits, loader, take
 from mcar_lib.profiles import Profile
 
 Kind = Literal["regular", "adversarial"]
 Pair = Literal["regular-regular", "regular-adversarial", "adversarial-adversarial"]
 CurveLoss = Literal["standard", "robust"]
+TrainingMethod = Literal["AT", "AWP"]
 #: Each pair's endpoints as (kind, member): t = 0 first.
 PAIRS: dict[str, tuple[tuple[Kind, int], tuple[Kind, int]]] = {
     "regular-regular": (("regular", 0), ("regular", 1)),
@@ -37,27 +41,80 @@ PAIRS: dict[str, tuple[tuple[Kind, int], tuple[Kind, int]]] = {
 CURVE_LOSSES = ("standard", "robust")
 
 
-# --------------------------------------------------------------------------------------------- settings
+# ------------------------------------------------------------------------------------- cached building blocks
+
+def cached_model(name: str, inputs: Mapping[str, Any], build: Callable[[], nn.Module],
+                 fit: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """``fit(build())`` through the checkpoint cache, keyed by ``name`` and every input in ``inputs``."""
+    return cache.load_or_train({"name": name, **inputs}, build, fit)
+
+
+def cached_table(name: str, inputs: Mapping[str, Any], compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """A numeric table through the cache (stored as float64 columns), keyed by ``name`` and ``inputs``."""
+
+    def columns() -> dict[str, torch.Tensor]:
+        table = compute()
+        return {str(col): torch.tensor(table[col].to_numpy(dtype=float), dtype=torch.float64) for col in table.columns}
+
+    stored = cache.cached_tensors({"name": name, **inputs}, columns)
+    return pd.DataFrame({col: values.numpy() for col, values in stored.items()})
+
+
+def _cuda_devices(device: torch.device) -> list[torch.device]:
+    return [device] if device.type == "cuda" else []
+
+
+def _architecture(cfg: Profile) -> dict[str, Any]:
+    """The architecture part of a key: its name, arguments and a hash of its code (built without weights)."""
+    kwargs = cfg.architecture_kwargs()
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # building initialises: leave the RNG alone
+        skeleton = models.build(cfg.model, **kwargs)
+    return {"model": cfg.model, "kwargs": kwargs, "code": cache.architecture_id(skeleton)}
+
+
+def _seeded_build(cfg: Profile, seed: int, device: torch.device) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return models.build(cfg.model, **cfg.architecture_kwargs()).to(device)
+
+    return build
+
+
+# ------------------------------------------------------------------------------------ data and threat model
+
+def splits(cfg: Profile, seed: int) -> Splits:
+    """The profile's seeded, disjoint train / bonafide pool / test splits."""
+    return load_splits(cfg.dataset, n_train=cfg.n_train, n_bonafide=cfg.n_bonafide_pool, n_test=cfg.n_test, seed=seed)
+
+
+def bn_data(cfg: Profile, splits: Splits, n: int | None = None) -> LabeledImages:
+    """The defender's images for batch-norm statistics along a path (a seeded slice of the bonafide pool)."""
+    size = cfg.robustness.n_bn_images if n is None else n
+    return take(splits.bonafide, min(size, len(splits.bonafide)), seed=splits.seed)
+
+
+def eval_data(cfg: Profile, splits: Splits) -> LabeledImages:
+    """The test images that are attacked at every point of a path (the first ``n_eval`` of the test split)."""
+    return splits.test.subset(slice(0, min(cfg.robustness.n_eval, len(splits.test))))
+
 
 def eval_attack(cfg: Profile) -> attacks.PGD:
     """The evaluation attack of the threat model: PGD-``eval_steps`` with a random start, eval mode."""
-    return attacks.PGD(eps=cfg.rb.eps, steps=cfg.rb.eval_steps, norm=cfg.rb.norm)  # type: ignore[arg-type]
+    rb = cfg.robustness
+    return attacks.PGD(eps=rb.eps, steps=rb.eval_steps, norm=rb.norm)
 
 
 def training_loss(cfg: Profile, *, bn: attacks.BNMode = "eval") -> adversarial.RobustLoss:
-    """The adversarial-training loss of the profile (``cfg.rb.at_method``): PGD-``at_steps`` or FGSM-RS.
+    """The adversarial-training loss of the profile (``robustness.at_method``): PGD-``at_steps`` or FGSM-RS.
 
     ``bn="eval"`` for training a network (Madry et al.), ``bn="batch"`` for training a curve (see
     :func:`mcar_lib.adversarial.pgd_loss`).
     """
-    rb = cfg.rb
+    rb = cfg.robustness
     if rb.at_method == "pgd":
-        return adversarial.pgd_loss(rb.eps, steps=rb.at_steps, norm=rb.norm, bn=bn)  # type: ignore[arg-type]
-    if rb.at_method == "fgsm_rs":
-        if rb.norm != "linf":
-            raise ValueError("fgsm_rs is an l∞ method; use at_method='pgd' for the l2 threat model")
-        return adversarial.fgsm_rs_loss(rb.eps, bn=bn)
-    raise ValueError(f"unknown at_method {rb.at_method!r} in the profile's rb section; choose 'pgd' or 'fgsm_rs'")
+        return adversarial.pgd_loss(rb.eps, steps=rb.at_steps, norm=rb.norm, bn=bn)
+    return adversarial.fgsm_rs_loss(rb.eps, bn=bn)
 
 
 def curve_loss(cfg: Profile, loss: CurveLoss) -> train.LossFn:
@@ -67,63 +124,69 @@ def curve_loss(cfg: Profile, loss: CurveLoss) -> train.LossFn:
         return train.cross_entropy_loss
     if loss == "robust":
         return training_loss(cfg, bn="batch")
-    raise ValueError(f"unknown curve loss {loss!r}; choose 'standard' or 'robust'")
+    raise ValueError(f"unknown curve loss {loss!r}; choose one of {CURVE_LOSSES}")
 
 
-def bn_data(cfg: Profile, splits: Splits) -> LabeledImages:
-    """The defender's images used for batch-norm statistics along a path (a seeded slice of the bonafide pool)."""
-    n = min(cfg.rb.n_bn_images, len(splits.bonafide))
-    return take(splits.bonafide, n, seed=splits.seed)
+# ---------------------------------------------------------------------------------------------- endpoints
 
+def trained_model(cfg: Profile, splits: Splits, *, seed: int, train_data: LabeledImages | None = None,
+                  epochs: int | None = None, lr: float | None = None, device: str | torch.device = "auto",
+                  show_progress: bool = False) -> nn.Module:
+    """A normally trained ``cfg.model`` from the cache, trained on first use.
 
-def eval_data(cfg: Profile, splits: Splits) -> LabeledImages:
-    """The test images that are attacked at every point of a path (the first ``n_eval`` of the test split)."""
-    return splits.test.subset(slice(0, min(cfg.rb.n_eval, len(splits.test))))
+    Trains on ``splits.train`` (or ``train_data``, e.g. a poisoned copy) with SGD as set in ``cfg.endpoints``
+    (``epochs``/``lr`` override them), batches of ``cfg.batch_size`` shuffled with ``seed``. ``seed`` also fixes
+    the initialisation, so two seeds give two independently trained networks. The caller's random state is
+    left as it was. Returns the model in eval mode on ``device``.
+    """
+    dev = repro.resolve_device(device)
+    source = splits.train if train_data is None else train_data
+    ep = cfg.endpoints
+    sgd = train.SGDConfig(lr=ep.lr if lr is None else lr, momentum=0.9, weight_decay=ep.weight_decay,
+                          schedule=ep.schedule)
+    n_epochs = ep.epochs if epochs is None else epochs
 
+    def fit(model: nn.Module) -> nn.Module:
+        data = loader(source, cfg.batch_size, shuffle=True, seed=seed)
+        with torch.random.fork_rng(devices=_cuda_devices(dev)):
+            torch.manual_seed(seed)  # dropout masks (VGG16)
+            net, _ = train.fit(model, data, epochs=n_epochs, sgd=sgd, show_progress=show_progress)
+        return net
 
-# -------------------------------------------------------------------------------------------- endpoints
+    inputs = {"architecture": _architecture(cfg), "data": source, "seed": seed, "epochs": n_epochs,
+              "batch_size": cfg.batch_size, "sgd": sgd}
+    return cached_model("trained", inputs, _seeded_build(cfg, seed, dev), fit)
+
 
 def regular_model(cfg: Profile, splits: Splits, seed: int, *, member: int = 0, device: str | torch.device = "auto",
                   show_progress: bool = False) -> nn.Module:
-    """A normally trained endpoint: ``models.trained`` with seed ``seed + member`` (shared with chapter 1)."""
+    """A normally trained endpoint: :func:`trained_model` with seed ``seed + member`` (shared with chapter 1)."""
     _check_member(member)
-    return models.trained(cfg, splits, seed=seed + member, device=device, show_progress=show_progress)
+    return trained_model(cfg, splits, seed=seed + member, device=device, show_progress=show_progress)
 
 
 def adversarial_model(cfg: Profile, splits: Splits, seed: int, *, member: int = 0,
                       device: str | torch.device = "auto", show_progress: bool = False) -> nn.Module:
-    """An adversarially trained endpoint (PGD or FGSM-RS adversarial training, ``cfg.rb``), from the cache."""
+    """An adversarially trained endpoint (PGD or FGSM-RS adversarial training, ``cfg.robustness``), cached."""
     _check_member(member)
     dev = repro.resolve_device(device)
-    rb = cfg.rb
+    rb = cfg.robustness
     init_seed = seed + member
-    arch = models.architecture_kwargs(cfg.model, splits.train,
-                                      width=cfg.width if cfg.model == "small_cnn" else None)
-    sgd = train.SGDConfig(lr=rb.at_lr, momentum=0.9, weight_decay=cfg.mc.endpoint_weight_decay,
-                          schedule=cfg.mc.endpoint_schedule)
+    sgd = train.SGDConfig(lr=rb.at_lr, momentum=0.9, weight_decay=cfg.endpoints.weight_decay,
+                          schedule=cfg.endpoints.schedule)
     loss = training_loss(cfg)
-    with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG alone
-        architecture = models.describe(models.build(cfg.model, **arch))
-    key = {"name": f"{cfg.model}-adversarial", "profile": cfg.name, "dataset": splits.dataset,
-           "data": models.fingerprint(splits.train), "n_train": len(splits.train), "model": cfg.model,
-           "arch": arch, "seed": init_seed, "epochs": rb.at_epochs, "batch_size": cfg.batch_size,
-           "sgd": asdict(sgd), "attack": asdict(loss.attack) if hasattr(loss.attack, "__dataclass_fields__") else
-           repr(loss.attack), "architecture": architecture}
-
-    def make() -> nn.Module:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
-            return models.build(cfg.model, **arch).to(dev)
 
     def fit(model: nn.Module) -> nn.Module:
         data = loader(splits.train, cfg.batch_size, shuffle=True, seed=init_seed)
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        with torch.random.fork_rng(devices=_cuda_devices(dev)):
             torch.manual_seed(init_seed)  # random starts of the attack, dropout masks
             net, _ = adversarial.fit_adversarial(model, data, epochs=rb.at_epochs, attack=loss, sgd=sgd,
                                                  show_progress=show_progress)
         return net
 
-    return cache.load_or_train(key, make, fit)
+    inputs = {"architecture": _architecture(cfg), "data": splits.train, "seed": init_seed, "epochs": rb.at_epochs,
+              "batch_size": cfg.batch_size, "sgd": sgd, "loss": loss}
+    return cached_model("adversarial", inputs, _seeded_build(cfg, init_seed, dev), fit)
 
 
 def endpoint(cfg: Profile, splits: Splits, kind: Kind, seed: int, *, member: int = 0,
@@ -144,7 +207,25 @@ def pair_endpoints(cfg: Profile, splits: Splits, pair: Pair, seed: int, *, devic
             endpoint(cfg, splits, kind_b, seed, member=member_b, device=device, show_progress=show_progress))
 
 
-# ----------------------------------------------------------------------------------------------- curves
+# ------------------------------------------------------------------------------------------------- curves
+
+def connectivity_curve(cfg: Profile, splits: Splits, a: nn.Module, b: nn.Module, kind: curves.CurveKind, *,
+                       seed: int, show_progress: bool = True) -> curves.Curve:
+    """Chapter 1's trained curve of family ``kind`` between ``a`` and ``b`` (``cfg.connectivity``), cached."""
+    mc = cfg.connectivity
+    sgd = train.SGDConfig(lr=mc.curve_lr, momentum=0.9, weight_decay=mc.curve_weight_decay,
+                          schedule=mc.curve_schedule)
+
+    def fit(curve: nn.Module) -> nn.Module:
+        data = loader(splits.train, cfg.batch_size, shuffle=True, seed=seed)
+        return curves.fit_curve(curve, data, epochs=mc.curve_epochs, sgd=sgd, seed=seed,  # type: ignore[arg-type]
+                                show_progress=show_progress)[0]
+
+    inputs = {"a": a, "b": b, "kind": kind, "n_bends": cfg.n_bends, "data": splits.train, "epochs": mc.curve_epochs,
+              "batch_size": cfg.batch_size, "sgd": sgd, "seed": seed}
+    return cached_model("connectivity-curve", inputs,  # type: ignore[return-value]
+                        lambda: curves.Curve.between(a, b, kind=kind, n_bends=cfg.n_bends), fit)
+
 
 def robust_pair_curve(cfg: Profile, splits: Splits, pair: Pair = "regular-adversarial",
                       loss: CurveLoss = "standard", *, seed: int = 0, device: str | torch.device = "auto",
@@ -155,123 +236,231 @@ def robust_pair_curve(cfg: Profile, splits: Splits, pair: Pair = "regular-advers
     robust loss is the adversarial endpoints' training loss, with batch statistics at the sampled t.
     """
     a, b = pair_endpoints(cfg, splits, pair, seed, device=device, show_progress=show_progress)
-    rb = cfg.rb
+    rb = cfg.robustness
     loss_fn = curve_loss(cfg, loss)
     steps = rb.curve_steps if loss == "standard" else rb.robust_curve_steps
-    sgd = train.SGDConfig(lr=rb.curve_lr, momentum=0.9, weight_decay=cfg.mc.curve_weight_decay,
-                          schedule=cfg.mc.curve_schedule)
-    key = {"name": f"{cfg.model}-curve-{pair}-{loss}", "profile": cfg.name, "dataset": splits.dataset,
-           "data": models.fingerprint(splits.train), "a": models.fingerprint(a), "b": models.fingerprint(b),
-           "architecture": models.describe(a), "kind": rb.curve_kind, "n_bends": rb.n_bends, "steps": steps,
-           "batch_size": cfg.batch_size, "sgd": asdict(sgd), "seed": seed,
-           "loss": asdict(loss_fn.attack) if isinstance(loss_fn, adversarial.RobustLoss) else "cross_entropy"}
+    sgd = train.SGDConfig(lr=rb.curve_lr, momentum=0.9, weight_decay=cfg.connectivity.curve_weight_decay,
+                          schedule=cfg.connectivity.curve_schedule)
 
-    def make() -> curves.Curve:
-        return curves.Curve.between(a, b, kind=rb.curve_kind, n_bends=rb.n_bends)  # type: ignore[arg-type]
-
-    def fit(curve: curves.Curve) -> curves.Curve:
+    def fit(curve: nn.Module) -> nn.Module:
         data = loader(splits.train, cfg.batch_size, shuffle=True, seed=seed)
-        dev = curve.start.device
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        with torch.random.fork_rng(devices=_cuda_devices(repro.model_device(curve))):
             torch.manual_seed(seed)  # the robust loss's random starts
-            trained, _ = curves.fit_curve(curve, data, steps=steps, sgd=sgd, loss_fn=loss_fn, seed=seed,
-                                          show_progress=show_progress)
+            trained, _ = curves.fit_curve(curve, data, steps=steps, sgd=sgd, loss_fn=loss_fn,  # type: ignore[arg-type]
+                                          seed=seed, show_progress=show_progress)
         return trained
 
-    return cache.load_or_train(key, make, fit)
+    inputs = {"pair": pair, "a": a, "b": b, "kind": rb.curve_kind, "n_bends": cfg.n_bends, "data": splits.train,
+              "steps": steps, "batch_size": cfg.batch_size, "sgd": sgd, "seed": seed, "loss": loss_fn}
+    return cached_model(f"curve-{pair}-{loss}", inputs,  # type: ignore[return-value]
+                        lambda: curves.Curve.between(a, b, kind=rb.curve_kind, n_bends=cfg.n_bends), fit)
 
 
-# ------------------------------------------------------------------------------------------ path tables
+# --------------------------------------------------------------------------------------------- path tables
 
 def path_metrics(cfg: Profile, splits: Splits) -> dict[str, paths.Metric]:
-    """The metrics of the robustness chapters at one model: clean and robust loss (nats) and accuracy (%)."""
+    """The metrics of the robustness chapters at one model: ``test`` (clean loss and accuracy on the test split)
+    and ``robust`` (loss and accuracy under the evaluation attack on :func:`eval_data`); each gives a ``_loss``
+    (nats) and an ``_accuracy`` (%) column."""
     test = list(batches(splits.test, cfg.eval_batch_size))
     attacked = list(batches(eval_data(cfg, splits), cfg.eval_batch_size))
     attack = eval_attack(cfg)
-    memo = _LastModel()
-
-    def clean(model: nn.Module) -> dict[str, float]:
-        return memo.get(model, "clean", lambda: train.evaluate(model, test))
-
-    def robust(model: nn.Module) -> dict[str, float]:
-        return memo.get(model, "robust", lambda: attacks.robust_evaluate(model, attacked, attack, seed=0))
-
-    return {"test_loss": lambda m: clean(m)["loss"], "test_accuracy": lambda m: clean(m)["accuracy"],
-            "robust_loss": lambda m: robust(m)["loss"], "robust_accuracy": lambda m: robust(m)["accuracy"]}
+    return {"test": paths.evaluation_on(test),
+            "robust": lambda model: attacks.robust_evaluate(model, attacked, attack, seed=0)}
 
 
-def _evaluation_key(name: str, cfg: Profile, splits: Splits, curve: curves.Curve, **extra: object) -> dict[str, object]:
-    """The cache key of a measurement along ``curve``: the curve, the test and batch-norm data, the attack."""
-    return {"name": name, "profile": cfg.name, "curve": models.fingerprint(curve),
-            "architecture": models.describe(curve.template), "test": models.fingerprint(splits.test),
-            "bn": models.fingerprint(bn_data(cfg, splits)), "n_eval": cfg.rb.n_eval,
-            "attack": asdict(eval_attack(cfg)), "eval_batch_size": cfg.eval_batch_size, **extra}
+def _measurement_inputs(cfg: Profile, splits: Splits, curve: curves.Curve) -> dict[str, Any]:
+    return {"curve": curve, "test": splits.test, "bn": bn_data(cfg, splits), "n_eval": cfg.robustness.n_eval,
+            "attack": eval_attack(cfg), "eval_batch_size": cfg.eval_batch_size}
 
 
 def path_table(cfg: Profile, splits: Splits, pair: Pair = "regular-adversarial", loss: CurveLoss = "standard", *,
                seed: int = 0, device: str | torch.device = "auto", show_progress: bool = False) -> pd.DataFrame:
-    """Clean and robust test loss and accuracy along the trained curve, at ``cfg.rb.n_points`` values of t (cached).
+    """Clean and robust test loss and accuracy along the trained curve, at ``robustness.n_points`` values of t.
 
     Columns: ``t``, ``arc_length``, ``test_loss``, ``test_accuracy`` (all ``n_test`` test images),
-    ``robust_loss``, ``robust_accuracy`` (PGD on the first ``n_eval`` test images).
+    ``robust_loss``, ``robust_accuracy`` (PGD on the first ``n_eval`` test images). Cached.
     """
     curve = robust_pair_curve(cfg, splits, pair, loss, seed=seed, device=device, show_progress=show_progress)
-    key = _evaluation_key(f"path-{pair}-{loss}", cfg, splits, curve, n_points=cfg.rb.n_points)
+    n_points = cfg.robustness.n_points
 
-    def compute() -> dict[str, torch.Tensor]:
-        ts = torch.linspace(0.0, 1.0, cfg.rb.n_points, dtype=torch.float64).tolist()
-        table = paths.evaluate(curve, ts, path_metrics(cfg, splits), bn_data(cfg, splits),
-                               show_progress=show_progress)
-        return {col: torch.tensor(table[col].to_numpy(), dtype=torch.float64) for col in table.columns}
+    def compute() -> pd.DataFrame:
+        ts = torch.linspace(0.0, 1.0, n_points, dtype=torch.float64).tolist()
+        return paths.evaluate(curve, ts, path_metrics(cfg, splits), bn_data(cfg, splits), show_progress=show_progress)
 
-    columns = cache.cached_tensors(key, compute)
-    return pd.DataFrame({col: values.numpy() for col, values in columns.items()})
+    return cached_table(f"path-{pair}-{loss}", {**_measurement_inputs(cfg, splits, curve), "n_points": n_points},
+                        compute)
 
 
 def path_ensemble(cfg: Profile, splits: Splits, pair: Pair = "regular-adversarial", loss: CurveLoss = "standard", *,
                   seed: int = 0, device: str | torch.device = "auto", show_progress: bool = False) -> pd.DataFrame:
-    """An ensemble of ``cfg.rb.ensemble_size`` networks evenly spaced along the curve, next to its members (cached).
+    """An ensemble of ``robustness.ensemble_size`` networks evenly spaced along the curve, next to its members.
 
     One row per member (``t``) and a last row for the ensemble (``t`` is NaN): clean test loss and accuracy, and
     robust loss and accuracy under the evaluation attack aimed at that very model: for the ensemble, a
-    white-box attack on the averaged prediction (:class:`mcar_lib.attacks.Ensemble`).
+    white-box attack on the averaged prediction (:class:`mcar_lib.attacks.Ensemble`). Cached.
     """
     curve = robust_pair_curve(cfg, splits, pair, loss, seed=seed, device=device, show_progress=show_progress)
-    key = _evaluation_key(f"ensemble-{pair}-{loss}", cfg, splits, curve, size=cfg.rb.ensemble_size)
+    size = cfg.robustness.ensemble_size
 
-    def compute() -> dict[str, torch.Tensor]:
-        if cfg.rb.ensemble_size < 2:
-            raise ValueError(f"an ensemble along the path needs ensemble_size >= 2, got {cfg.rb.ensemble_size}")
-        ts = torch.linspace(0.0, 1.0, cfg.rb.ensemble_size, dtype=torch.float64).tolist()
+    def compute() -> pd.DataFrame:
+        ts = torch.linspace(0.0, 1.0, size, dtype=torch.float64).tolist()
         members = [curve.at(t, bn_data(cfg, splits)) for t in ts]
         metrics = path_metrics(cfg, splits)
-        rows = [{name: fn(m) for name, fn in metrics.items()} for m in members]
-        rows.append({name: fn(attacks.Ensemble(members)) for name, fn in metrics.items()})
-        out = {"t": torch.tensor(ts + [float("nan")], dtype=torch.float64)}
-        out.update({name: torch.tensor([row[name] for row in rows], dtype=torch.float64) for name in metrics})
-        return out
+        rows = []
+        for model in [*members, attacks.Ensemble(members)]:
+            row: dict[str, float] = {}
+            for name, metric in metrics.items():
+                row.update({f"{name}_{key}": value for key, value in metric(model).items()})  # type: ignore[union-attr]
+            rows.append(row)
+        return pd.DataFrame(rows).assign(t=ts + [float("nan")])[["t", *rows[0]]]
 
-    columns = cache.cached_tensors(key, compute)
-    return pd.DataFrame({col: values.numpy() for col, values in columns.items()})
+    return cached_table(f"ensemble-{pair}-{loss}", {**_measurement_inputs(cfg, splits, curve), "size": size}, compute)
+
+
+# --------------------------------------------------------------------------------- chapter 3: injected faults
+
+def injected_model(clean: nn.Module, targets: faults.SneakTargets, **sneak_settings: Any) -> nn.Module:
+    """``clean`` with the errors of ``targets`` sneaked in (:func:`mcar_lib.faults.sneak`), cached."""
+    inputs = {"clean": clean, "targets": targets, "settings": sneak_settings}
+    return cached_model("injected", inputs, lambda: copy.deepcopy(clean),
+                        lambda m: faults.sneak(m, targets, **sneak_settings)[0])
+
+
+# -------------------------------------------------------------------------------- chapter 6: flatness and AWP
+
+FLATNESS_HISTORY = ("epoch", "robust_train_accuracy", "robust_test_accuracy", "robust_train_loss", "robust_test_loss",
+                    "clean_test_accuracy")
+
+
+def flatness_training_data(cfg: Profile, splits: Splits) -> tuple[LabeledImages, LabeledImages]:
+    """Chapter 6's tiny training set (a seeded subset of the training split) and the test images it tracks."""
+    fs = cfg.flatness
+    return take(splits.train, fs.n_train, seed=splits.seed), splits.test.subset(slice(0, fs.n_eval_test))
+
+
+def adversarially_trained(cfg: Profile, splits: Splits, method: TrainingMethod, seed: int, *,
+                          device: str | torch.device = "auto") -> tuple[nn.Module, pd.DataFrame]:
+    """Chapter 6's network trained with AT or AWP from seed ``seed`` on the tiny set, and its per-epoch table of
+    robust training and test accuracy and loss (cached; the table is recomputed only if it went missing)."""
+    if method not in ("AT", "AWP"):
+        raise ValueError(f"unknown method {method!r}; choose 'AT' or 'AWP'")
+    fs = cfg.flatness
+    dev = repro.resolve_device(device)
+    small_train, test_eval = flatness_training_data(cfg, splits)
+    attack = eval_attack(cfg)
+    robust = adversarial.pgd_loss(cfg.robustness.eps, steps=fs.at_steps)
+    sgd = train.SGDConfig(lr=fs.lr, momentum=0.9, weight_decay=fs.weight_decay, schedule=fs.schedule)
+    warm_sgd = train.SGDConfig(lr=fs.clean_lr, momentum=0.9, weight_decay=fs.weight_decay, schedule="constant")
+    perturbation = awp.AWP(gamma=fs.gamma, warmup_epochs=fs.warmup_epochs) if method == "AWP" else None
+
+    def robust_progress(model: nn.Module, epoch: int) -> dict[str, float]:
+        if epoch % fs.eval_every and epoch != fs.epochs:
+            return {}
+        on_train = attacks.robust_evaluate(model, batches(small_train, cfg.eval_batch_size), attack, seed=0)
+        on_test = attacks.robust_evaluate(model, batches(test_eval, cfg.eval_batch_size), attack, seed=0)
+        clean = train.evaluate(model, batches(test_eval, cfg.eval_batch_size))
+        return {"robust_train_accuracy": on_train["accuracy"], "robust_test_accuracy": on_test["accuracy"],
+                "robust_train_loss": on_train["loss"], "robust_test_loss": on_test["loss"],
+                "clean_test_accuracy": clean["accuracy"]}
+
+    log: dict[str, pd.DataFrame] = {}
+
+    def fit(model: nn.Module) -> nn.Module:
+        data = loader(small_train, fs.batch_size, shuffle=True, seed=seed)
+        with torch.random.fork_rng(devices=_cuda_devices(dev)):
+            torch.manual_seed(seed)  # the attack's random starts
+            warm = model
+            if fs.clean_epochs:
+                warm, _ = train.fit(model, data, epochs=fs.clean_epochs, sgd=warm_sgd, show_progress=False)
+            net, history = adversarial.fit_adversarial(warm, data, epochs=fs.epochs, attack=robust, awp=perturbation,
+                                                       sgd=sgd, epoch_end=robust_progress, show_progress=False)
+        log["history"] = history.to_frame().dropna()[list(FLATNESS_HISTORY)]
+        return net
+
+    build = _seeded_build(cfg, seed, dev)
+    inputs = {"method": method, "architecture": _architecture(cfg), "data": small_train, "test": test_eval,
+              "seed": seed, "clean_epochs": fs.clean_epochs, "warm_sgd": warm_sgd, "epochs": fs.epochs,
+              "batch_size": fs.batch_size, "sgd": sgd, "attack": robust, "awp": perturbation, "eval_attack": attack,
+              "eval_every": fs.eval_every}
+    model = cached_model("flatness-training", inputs, build, fit)
+
+    def history() -> pd.DataFrame:
+        if "history" not in log:  # the model came from the cache but its table did not: train once more
+            fit(build())
+        return log["history"]
+
+    return model, cached_table("flatness-training-history", inputs, history)
+
+
+def flatness_measures(cfg: Profile, splits: Splits, model: nn.Module, *, seed: int) -> dict[str, float]:
+    """Robust loss, average-case and worst-case robust flatness (nats) of ``model`` on the first
+    ``flatness.n_flatness`` test images (Stutz et al. 2021), cached."""
+    fs = cfg.flatness
+    data = splits.test.subset(slice(0, fs.n_flatness))
+    attack = eval_attack(cfg)
+
+    def compute() -> pd.DataFrame:
+        batch_list = list(batches(data, cfg.eval_batch_size))
+        average = flatness.average_flatness(model, batch_list, attack=attack, xi=fs.xi, n_samples=fs.n_weight_samples,
+                                            seed=seed)
+        worst = flatness.worst_flatness(model, batch_list, eps=attack.eps, xi=fs.worst_xi, steps=fs.worst_steps,
+                                        input_step=attack.step_size, seed=seed)
+        return pd.DataFrame({"robust_loss": [average.loss], "average": [average.flatness], "worst": [worst.flatness]})
+
+    inputs = {"model": model, "data": data, "attack": attack, "xi": fs.xi, "n_samples": fs.n_weight_samples,
+              "worst_xi": fs.worst_xi, "worst_steps": fs.worst_steps, "seed": seed}
+    return {k: float(v) for k, v in cached_table("flatness", inputs, compute).iloc[0].items()}
+
+
+def robust_loss_curve(cfg: Profile, splits: Splits, model: nn.Module, *, seed: int) -> pd.DataFrame:
+    """The robust and clean test loss along a random filter-normalised direction (Li et al. 2018), at
+    ``flatness.alphas``: columns ``alpha``, ``robust``, ``clean`` (nats). Cached."""
+    fs = cfg.flatness
+    data = splits.test.subset(slice(0, fs.n_curve))
+    attack = eval_attack(cfg)
+
+    def compute() -> pd.DataFrame:
+        direction = flatness.filter_normalized_direction(model, generator=torch.Generator().manual_seed(seed))
+        batch_list = list(batches(data, cfg.eval_batch_size))
+        robust = flatness.loss_curve(model, batch_list, direction=direction, alphas=fs.alphas, attack=attack, seed=seed)
+        clean = flatness.loss_curve(model, batch_list, direction=direction, alphas=fs.alphas)
+        return pd.DataFrame({"alpha": robust.alpha, "robust": robust.loss, "clean": clean.loss})
+
+    inputs = {"model": model, "data": data, "attack": attack, "alphas": list(fs.alphas), "seed": seed}
+    return cached_table("robust-loss-curve", inputs, compute)
+
+
+def path_flatness(cfg: Profile, splits: Splits, *, seed: int, device: str | torch.device = "auto") -> pd.DataFrame:
+    """Robust loss, average-case flatness and mean input-Hessian λ_max along the regular-adversarial
+    standard-loss curve, at ``flatness.path_points`` values of t. Cached."""
+    fs = cfg.flatness
+    curve = robust_pair_curve(cfg, splits, "regular-adversarial", "standard", seed=seed, device=device)
+    bn = bn_data(cfg, splits)
+    path_data = splits.test.subset(slice(0, fs.n_path))
+    lambda_data = splits.test.subset(slice(0, cfg.curvature.n_samples))
+    attack = eval_attack(cfg)
+    ts = np.linspace(0.0, 1.0, fs.path_points).tolist()
+
+    def compute() -> pd.DataFrame:
+        path_batches = list(batches(path_data, cfg.eval_batch_size))
+
+        def measured(model: nn.Module) -> dict[str, float]:
+            result = flatness.average_flatness(model, path_batches, attack=attack, xi=fs.xi,
+                                               n_samples=fs.path_weight_samples, seed=seed)
+            return {"robust_loss": result.loss, "flatness": result.flatness}
+
+        metrics = {"weights": measured, "lambda_max": lambda m: hessian.mean_input_lambda_max(m, lambda_data,
+                                                                                             method="gauss_newton")}
+        table = paths.evaluate(curve, ts, metrics, bn, show_progress=False)
+        return table.rename(columns={"weights_robust_loss": "robust_loss", "weights_flatness": "flatness"})
+
+    inputs = {"curve": curve, "bn": bn, "data": path_data, "lambda_data": lambda_data, "attack": attack, "xi": fs.xi,
+              "n_samples": fs.path_weight_samples, "ts": ts, "seed": seed}
+    return cached_table("path-flatness", inputs, compute)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-class _LastModel:
-    """Results for the most recent model only (each evaluation gives loss and accuracy in one pass; the
-    model is held, not its id, so a new model can never be mistaken for the previous one)."""
-
-    def __init__(self) -> None:
-        self.model: nn.Module | None = None
-        self.results: dict[str, dict[str, float]] = {}
-
-    def get(self, model: nn.Module, what: str, compute: Callable[[], dict[str, float]]) -> dict[str, float]:
-        if self.model is not model:
-            self.model, self.results = model, {}
-        if what not in self.results:
-            self.results[what] = compute()
-        return self.results[what]
-
 
 def _check_member(member: int) -> None:
     if not isinstance(member, int) or member < 0:

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from mcar_lib import models, profiles, recipes
+from mcar_lib import cache, profiles, recipes
 from mcar_lib.data import LabeledImages, Splits
 
 
@@ -24,8 +24,8 @@ def tiny_profile() -> profiles.Profile:
     cfg = profiles.get("smoke")
     return dataclasses.replace(
         cfg, batch_size=64, eval_batch_size=64,
-        mc=dataclasses.replace(cfg.mc, endpoint_epochs=1),
-        rb=dataclasses.replace(cfg.rb, at_epochs=1, at_steps=1, curve_steps=2, robust_curve_steps=2,
+        endpoints=dataclasses.replace(cfg.endpoints, epochs=1),
+        robustness=dataclasses.replace(cfg.robustness, at_epochs=1, at_steps=1, curve_steps=2, robust_curve_steps=2,
                                eval_steps=1, n_eval=16, n_bn_images=32, n_points=3))
 
 
@@ -54,7 +54,7 @@ def test_curve_and_table_come_back_from_the_cache_with_the_pair_as_endpoints() -
 def test_members_are_independent_and_names_are_checked() -> None:
     cfg, splits = tiny_profile(), synthetic_splits()
     a, b = recipes.pair_endpoints(cfg, splits, "regular-regular", 0, device="cpu")
-    assert models.fingerprint(a) != models.fingerprint(b)
+    assert cache.fingerprint(a) != cache.fingerprint(b)
     with pytest.raises(ValueError, match="pair"):
         recipes.robust_pair_curve(cfg, splits, "regular-robust", "standard")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="curve loss"):
@@ -64,7 +64,7 @@ def test_members_are_independent_and_names_are_checked() -> None:
 def test_path_ensemble_rows_are_the_members_and_the_averaged_model() -> None:
     cfg, splits = tiny_profile(), synthetic_splits()
     table = recipes.path_ensemble(cfg, splits, "regular-adversarial", "standard", seed=0, device="cpu")
-    assert len(table) == cfg.rb.ensemble_size + 1
+    assert len(table) == cfg.robustness.ensemble_size + 1
     assert list(table["t"].iloc[:-1]) == [0.0, 1.0] and table["t"].isna().iloc[-1]
     curve = recipes.robust_pair_curve(cfg, splits, "regular-adversarial", "standard", seed=0, device="cpu")
     members = [curve.at(0.0), curve.at(1.0)]
@@ -72,3 +72,19 @@ def test_path_ensemble_rows_are_the_members_and_the_averaged_model() -> None:
     clean = recipes.train.evaluate(recipes.attacks.Ensemble(members), test)
     assert table["test_accuracy"].iloc[-1] == pytest.approx(clean["accuracy"])
     assert table["test_loss"].iloc[-1] == pytest.approx(clean["loss"], rel=1e-5)
+
+
+def test_trained_model_is_cached_and_seed_dependent(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MCAR_CACHE_DIR", str(tmp_path))
+    cfg, splits = tiny_profile(), synthetic_splits()
+    rng_before = torch.get_rng_state()
+    first = recipes.trained_model(cfg, splits, seed=1, device="cpu")
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is left alone
+    assert len(list((tmp_path / "checkpoints").glob("*.pt"))) == 1
+    again = recipes.trained_model(cfg, splits, seed=1, device="cpu")
+    for (k, v), (k2, v2) in zip(first.state_dict().items(), again.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    assert len(list((tmp_path / "checkpoints").glob("*.pt"))) == 1  # loaded, not retrained
+    other = recipes.trained_model(cfg, splits, seed=2, device="cpu")
+    assert not torch.equal(other.conv1.weight, first.conv1.weight)
+    assert not first.training
