@@ -1,13 +1,42 @@
-"""What the book's notebooks share beyond the library proper: gluing results into the prose.
+"""What the book's notebooks share beyond the library proper: gluing results into the prose, checking a chapter's
+claims, and reading both back out of an executed notebook.
 
 Chapters call :func:`glue` instead of ``myst_nb.glue`` directly, for two reasons: MyST formats a glued number
 from its text form, which for a NumPy or torch scalar is ``np.float64(86.0)`` or ``tensor(0.5)`` and cannot
 be formatted; and on Colab, where only ``mcar_lib`` is installed, a chapter must still run without MyST-NB.
+
+Every chapter ends with :class:`Claims`: its headline results, each checked and shown to the reader as a
+checklist ("What this run showed"), all failures reported at once, and a machine-readable record left in the
+notebook so that scripts (the seeds sweep, CI) can tell which claims held without parsing text.
+
+Where things are in an executed ``.ipynb`` (a plain JSON file, so the readers below need only the standard
+library and also accept an ``nbformat`` notebook, which is a dict):
+
+- a glued value is a ``display_data`` output whose ``metadata.scrapbook.name`` is the glue name and whose
+  ``data["application/papermill.record/text/plain"]`` is the value's ``repr`` (:func:`glued_text`,
+  :func:`glued_values`);
+- the claims record is a ``display_data`` output with the MIME type :data:`CLAIMS_MIME` holding the JSON object
+  ``{"chapter", "profile", "seed", "enforced", "passed", "failed_claims", "claims"}`` (:func:`claims_record`).
+  A dedicated MIME type rather than a glue because it exists wherever the chapter ran (glue needs MyST-NB),
+  nbformat stores it as JSON rather than as the repr of a string, and it stays out of the glued values that
+  the prose cites and CI compares. Renderers that do not know the type show the same output's text/html or
+  text/plain checklist instead.
 """
 
 from __future__ import annotations
 
+import ast
+import configparser
+import html
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
+
+GLUE_MIME = "application/papermill.record/text/plain"
+CLAIMS_MIME = "application/vnd.mcar-book.claims+json"
 
 
 def glue(name: str, value: Any, display: bool = False) -> None:
@@ -23,3 +52,250 @@ def glue(name: str, value: Any, display: bool = False) -> None:
     except ImportError:
         return
     myst_glue(name, value, display=display)
+
+
+# --------------------------------------------------------------------------------------------------- claims
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One headline claim of a chapter: what the prose says, whether this run bears it out, what was measured."""
+
+    claim: str
+    holds: bool
+    measured: str = ""
+
+    def line(self) -> str:
+        """``claim (measured)``: how a claim is named in failure lists and in the sweep's ``failed_claims``."""
+        return f"{self.claim} ({self.measured})" if self.measured else self.claim
+
+
+class Claims:
+    """A chapter's headline claims: check them all, show the reader a checklist, fail loudly when enforced.
+
+    Plain ``assert`` statements stop at the first failure and say nothing to a reader when they pass. This
+    collects every check, then :meth:`report` shows the checklist (text/html in the book and in Jupyter or
+    Colab, text/plain elsewhere), leaves the machine-readable record in the notebook (:data:`CLAIMS_MIME`) and,
+    when ``enforce`` is true, raises one ``AssertionError`` listing *every* failed claim, so that papermill and
+    CI still fail. Chapters pass ``enforce=PROFILE != "smoke"``: the smoke profile's tiny models only exercise
+    the code, so there the claims are shown but not enforced.
+
+        claims = Claims("02_backdoor_repair", enforce=PROFILE != "smoke", profile=PROFILE, seed=SEED)
+        claims.check(asr <= 10, "path repair at N = 2500 removes the backdoor (ASR at most 10 %)", f"ASR {asr:.1f} %")
+        claims.report()
+    """
+
+    def __init__(self, chapter: str, *, enforce: bool = True, profile: str | None = None,
+                 seed: int | None = None) -> None:
+        self.chapter = chapter
+        self.enforce = bool(enforce)
+        self.profile = profile
+        self.seed = seed
+        self.claims: list[Claim] = []
+
+    def check(self, condition: Any, claim: str, measured: str = "") -> bool:
+        """Record whether ``claim`` holds in this run; returns the outcome and never raises on a false condition.
+
+        ``condition`` may be a NumPy or torch boolean (it goes through ``bool``). ``claim`` is a sentence for the
+        reader stating the threshold; ``measured`` is the value(s) behind it, rounded, with units.
+        """
+        holds = bool(condition)
+        self.claims.append(Claim(claim=str(claim), holds=holds, measured=str(measured)))
+        return holds
+
+    @property
+    def failed(self) -> list[Claim]:
+        return [c for c in self.claims if not c.holds]
+
+    @property
+    def passed(self) -> bool:
+        """True when every checked claim holds (vacuously true with none checked)."""
+        return not self.failed
+
+    def record(self) -> dict[str, Any]:
+        """The machine-readable record (plain JSON types) stored in the notebook under :data:`CLAIMS_MIME`."""
+        return {"chapter": self.chapter, "profile": self.profile, "seed": self.seed, "enforced": self.enforce,
+                "passed": self.passed, "failed_claims": [c.line() for c in self.failed],
+                "claims": [asdict(c) for c in self.claims]}
+
+    def _headline(self) -> str:
+        context = ", ".join([self.chapter] + [f"{k} {v}" for k, v in (("profile", self.profile), ("seed", self.seed))
+                                              if v is not None])
+        n, n_ok = len(self.claims), len(self.claims) - len(self.failed)
+        if n == 1:
+            verdict = "the claim holds" if self.passed else "the claim does not hold"
+        else:
+            verdict = (f"all {n} claims hold" if self.passed else f"{n_ok} of {n} claims hold") if n else "no claims"
+        if not self.enforce:
+            verdict += " (not enforced in this run)"
+        return f"What this run showed ({context}): {verdict}"
+
+    def text(self) -> str:
+        """The checklist as plain text: a headline, then one ``✓``/``✗`` line per claim with its measured value."""
+        lines = [self._headline()]
+        for c in self.claims:
+            lines.append(f"  {'✓' if c.holds else '✗'} {c.claim}" + (f" — {c.measured}" if c.measured else ""))
+        return "\n".join(lines)
+
+    def html(self) -> str:
+        """The checklist as a small HTML table (what the rendered book, Jupyter and Colab show)."""
+        rows = "".join(
+            f'<tr><td style="color:{"#1a7f37" if c.holds else "#cf222e"};font-weight:bold">'
+            f'{"✓" if c.holds else "✗"}</td><td>{html.escape(c.claim)}</td><td>{html.escape(c.measured)}</td></tr>'
+            for c in self.claims)
+        return (f'<div class="mcar-claims"><p><strong>{html.escape(self._headline())}</strong></p>'
+                f'<table><thead><tr><th></th><th>claim</th><th>measured</th></tr></thead>'
+                f'<tbody>{rows}</tbody></table></div>')
+
+    def bundle(self) -> dict[str, Any]:
+        """The display output: the checklist for people (text/html, text/plain) and the record for scripts."""
+        return {"text/plain": self.text(), "text/html": self.html(), CLAIMS_MIME: self.record()}
+
+    def report(self) -> None:
+        """Show the checklist, leave the record in the notebook, and raise if enforced and any claim failed.
+
+        In a notebook the three representations go out as one display output (the record survives in the
+        ``.ipynb`` even when the cell then raises); outside IPython the text checklist is printed. Returns
+        nothing, so that a cell ending with ``claims.report()`` shows the checklist once (see :meth:`record`).
+        """
+        _show(self.bundle())
+        if self.enforce and self.failed:
+            failures = "\n".join(f"  - {c.line()}" for c in self.failed)
+            raise AssertionError(f"{self.chapter}: {len(self.failed)} of {len(self.claims)} claims fail:\n{failures}")
+
+
+def _show(bundle: dict[str, Any]) -> None:
+    """One display output in IPython (a kernel or the terminal shell); a plain print anywhere else."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        get_ipython = None  # type: ignore[assignment]
+    if get_ipython is not None and get_ipython() is not None:
+        display(bundle, raw=True)
+    else:
+        print(bundle["text/plain"])
+
+
+# ------------------------------------------------------------------------------------- reading notebooks back
+
+
+def read_notebook(notebook: str | Path | Mapping[str, Any]) -> Mapping[str, Any]:
+    """A notebook as a dict: a path to an ``.ipynb`` is read as JSON; a dict (or nbformat node) is used as is."""
+    if isinstance(notebook, Mapping):
+        return notebook
+    return json.loads(Path(notebook).read_text(encoding="utf-8"))
+
+
+def _outputs(nb: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code":
+            yield from cell.get("outputs", [])
+
+
+def _text(value: Any) -> str:
+    return "".join(value) if isinstance(value, list) else str(value)  # nbformat may split text into lines
+
+
+def glued_text(notebook: str | Path | Mapping[str, Any]) -> dict[str, str]:
+    """Every glued value of a notebook as stored: ``{name: repr}`` in notebook order (a later glue of a name wins).
+
+    The repr is what MyST-NB formats and what CI compares, character for character: a float's repr is exact.
+    """
+    values: dict[str, str] = {}
+    for output in _outputs(read_notebook(notebook)):
+        name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+        data = output.get("data", {})
+        if name is not None and GLUE_MIME in data:
+            values[name] = _text(data[GLUE_MIME])
+    return values
+
+
+def parse_glued(text: str) -> Any:
+    """A glued repr back as a Python value (``'87.1'`` -> 87.1, ``"'Trouser'"`` -> 'Trouser'); else the text."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def glued_values(notebook: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """Every glued value of a notebook as a Python value (see :func:`glued_text` and :func:`parse_glued`)."""
+    return {name: parse_glued(text) for name, text in glued_text(notebook).items()}
+
+
+def claims_record(notebook: str | Path | Mapping[str, Any]) -> dict[str, Any] | None:
+    """The record left by :meth:`Claims.report` (the last one, if several), or None if the notebook has none."""
+    record = None
+    for output in _outputs(read_notebook(notebook)):
+        data = output.get("data", {})
+        if CLAIMS_MIME in data:
+            value = data[CLAIMS_MIME]
+            record = json.loads(value) if isinstance(value, str) else dict(value)
+    return record
+
+
+def errors(notebook: str | Path | Mapping[str, Any]) -> list[str]:
+    """``"ename: evalue"`` of every error output: why an executed notebook stopped, when it did."""
+    return [f"{o.get('ename', 'Error')}: {o.get('evalue', '')}" for o in _outputs(read_notebook(notebook))
+            if o.get("output_type") == "error"]
+
+
+# ------------------------------------------------------------------------------------ comparing glued values
+
+
+@dataclass(frozen=True)
+class GlueDifference:
+    """A glued value that differs between the committed notebook and a re-execution (None: the name is missing)."""
+
+    chapter: str
+    name: str
+    committed: str | None
+    executed: str | None
+
+
+def load_sanitizers(path: str | Path) -> list[tuple[str, str]]:
+    """``(regex, replacement)`` pairs from an nbval-style sanitize file (``[section]``, ``regex:``, ``replace:``).
+
+    The same file that keeps run-dependent text (times, addresses, cache paths) out of output comparisons.
+    """
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(Path(path).read_text(encoding="utf-8"))
+    return [(parser[s]["regex"], parser[s].get("replace", "")) for s in parser.sections() if "regex" in parser[s]]
+
+
+def sanitizer(patterns: Iterable[tuple[str, str]]) -> Callable[[str], str]:
+    """A function applying ``patterns`` in order, as nbval does before comparing."""
+    compiled = [(re.compile(regex), replace) for regex, replace in patterns]
+
+    def sanitize(text: str) -> str:
+        for regex, replace in compiled:
+            text = regex.sub(replace, text)
+        return text
+
+    return sanitize
+
+
+def compare_glued(committed: Mapping[str, str], executed: Mapping[str, str], *, chapter: str = "",
+                  sanitize: Callable[[str], str] | None = None) -> list[GlueDifference]:
+    """Glued values that differ, as reprs compared exactly (after ``sanitize``, if given), plus names missing on
+    either side. On CPU the chapters are bit-reproducible, so any difference means a committed number is stale.
+    """
+    clean = sanitize or (lambda s: s)
+    differences = []
+    for name in list(committed) + [n for n in executed if n not in committed]:
+        old, new = committed.get(name), executed.get(name)
+        if old is None or new is None or clean(old) != clean(new):
+            differences.append(GlueDifference(chapter, name, old, new))
+    return differences
+
+
+def format_differences(differences: Iterable[GlueDifference]) -> str:
+    """A readable table: chapter, glue name, committed value, re-executed value (``-`` where missing)."""
+    rows = [("chapter", "glued value", "committed", "re-executed")]
+    rows += [(d.chapter, d.name, "-" if d.committed is None else d.committed,
+              "-" if d.executed is None else d.executed) for d in differences]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

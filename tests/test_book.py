@@ -1,5 +1,5 @@
 """Book structure: every chapter in _toc.yml exists, has exactly one parameters cell, is committed with
-in-order outputs and no errors, and ends with a hidden claims cell; environment.yml agrees with pyproject."""
+in-order outputs and no errors, and ends with a claims summary cell; environment.yml agrees with pyproject."""
 
 import re
 import tomllib
@@ -47,10 +47,17 @@ def test_committed_with_in_order_outputs_and_no_errors(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_ends_with_hidden_claims_cell(path):
+def test_ends_with_claims_summary_cell(path):
+    """The last code cell checks the headline claims with mcar_lib.book.Claims and shows the reader its checklist
+    (input hidden, output kept), enforced outside the smoke profile."""
     last = [c for c in _code_cells(path) if c.source.strip()][-1]
-    assert "remove-cell" in last.metadata.get("tags", []), f"{path.name}: last code cell must be tagged remove-cell"
-    assert "assert" in last.source and 'PROFILE != "smoke"' in last.source
+    tags = last.metadata.get("tags", [])
+    assert "remove-input" in tags and "remove-cell" not in tags and "remove-output" not in tags, (
+        f"{path.name}: the claims cell must be tagged remove-input (its checklist is shown), not {tags}")
+    assert re.search(r"^claims = Claims\(", last.source, flags=re.M), f"{path.name}: last code cell must build Claims"
+    assert 'enforce=PROFILE != "smoke"' in last.source, f"{path.name}: claims must be enforced outside the smoke profile"
+    assert last.source.rstrip().endswith("claims.report()"), f"{path.name}: the claims cell must end with claims.report()"
+    assert not re.search(r"^\s*assert\b", last.source, flags=re.M), f"{path.name}: use claims.check, not assert"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
