@@ -14,18 +14,7 @@ from mcar_lib.adversarial import RobustLoss, fgsm_rs_loss, fit_adversarial, pgd_
 from mcar_lib.attacks import PGD, pgd
 from mcar_lib.train import SGDConfig
 
-
-def tiny_cnn(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.Flatten(), nn.Linear(4 * 8 * 8, 3),
-    )
-
-
-def batch(n: int = 16, seed: int = 1) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
+from helpers import batch, tiny_cnn, warm_bn
 
 
 def bn_state(model: nn.Module) -> dict[str, Tensor]:
@@ -34,7 +23,7 @@ def bn_state(model: nn.Module) -> dict[str, Tensor]:
 
 def test_pgd_loss_updates_bn_like_one_plain_training_forward_on_x_adv() -> None:
     """Eval-mode crafting + one train-mode CE: BN statistics move exactly as in a plain CE step on x_adv."""
-    x, y = batch()
+    x, y = batch(16)
     ours = tiny_cnn().train()
     loss = pgd_loss(eps=0.1, alpha=0.03, steps=4, random_start=False)(ours, x, y)
 
@@ -47,13 +36,13 @@ def test_pgd_loss_updates_bn_like_one_plain_training_forward_on_x_adv() -> None:
     after, reference = bn_state(ours), bn_state(plain)
     for key in reference:
         torch.testing.assert_close(after[key], reference[key], msg=key)
-    assert after["1.num_batches_tracked"].item() == 1  # the attack's forwards did not count
+    assert after["bn1.num_batches_tracked"].item() == 1  # the attack's forwards did not count
     assert ours.training and all(m.training for m in ours.modules())
 
 
 def test_robust_loss_gradient_is_the_clean_gradient_at_x_adv() -> None:
     """The attack leaves no parameter gradient behind: backward gives exactly ∇_w CE(f(x_adv)) once."""
-    x, y = batch()
+    x, y = batch(16)
     model = tiny_cnn().train()
     robust = pgd_loss(eps=0.1, alpha=0.03, steps=3, random_start=False)
     x_adv = robust.craft(model, x, y)
@@ -67,7 +56,7 @@ def test_robust_loss_gradient_is_the_clean_gradient_at_x_adv() -> None:
 
 def test_fgsm_rs_is_one_step_of_1_25_eps_from_a_uniform_start() -> None:
     model = tiny_cnn().double().eval()
-    x, y = batch()
+    x, y = batch(16)
     x = x.double()
     eps = 0.1
     loss = fgsm_rs_loss(eps)
@@ -132,13 +121,9 @@ def test_bad_budget_is_reported() -> None:
 def test_robust_loss_on_a_curve_point_uses_batch_statistics_and_trains_the_bends() -> None:
     from mcar_lib import curves
 
-    a, b = tiny_cnn(0), tiny_cnn(1)
-    for net in (a, b):  # non-default running statistics
-        with torch.no_grad():
-            net.train()(torch.rand(32, 1, 8, 8))
-        net.eval()
+    a, b = warm_bn(tiny_cnn(0), 0).eval(), warm_bn(tiny_cnn(1), 1).eval()  # non-default running statistics
     curve = curves.Curve.between(a, b, n_bends=1)
-    x, y = batch()
+    x, y = batch(16)
     robust = pgd_loss(eps=0.1, alpha=0.04, steps=3, random_start=False, bn="batch")
     point = curve.point(0.3)
     point.train()

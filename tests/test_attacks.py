@@ -12,29 +12,12 @@ from torch import nn
 from mcar_lib import attacks
 from mcar_lib.attacks import PGD, Ensemble, fgsm, pgd, robust_evaluate
 
-
-def tiny_cnn(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.Flatten(), nn.Dropout(0.5), nn.Linear(4 * 4 * 4, 3),
-    )
+from helpers import assert_unchanged, batch, snapshot, tiny_cnn, warm_bn
 
 
 def trained_bn(seed: int = 0) -> nn.Module:
-    """A tiny CNN whose BN running statistics are not the defaults (so eval and train mode differ)."""
-    model = tiny_cnn(seed)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.rand(16, 1, 8, 8))
-    return model
-
-
-def batch(n: int = 12, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
+    """A tiny CNN with dropout whose BN running statistics are not the defaults (so eval and train mode differ)."""
+    return warm_bn(tiny_cnn(seed, dropout=0.5), seed).train()
 
 
 def reference_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
@@ -58,13 +41,6 @@ def reference_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: fl
             x_adv = x + d * torch.clamp(eps / d_norm, max=1.0)
         x_adv = x_adv.clamp(0, 1)
     return x_adv.detach()
-
-
-def snapshot(model: nn.Module) -> tuple[dict, dict, dict]:
-    modes = {name: m.training for name, m in model.named_modules()}
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    req = {k: p.requires_grad for k, p in model.named_parameters()}
-    return modes, state, req
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.5)])
@@ -95,17 +71,13 @@ def test_model_mode_buffers_and_grads_untouched() -> None:
     model.train()
     model[1].eval()  # a mixed-mode model: every submodule's own flag must come back
     model[0].weight.requires_grad_(False)  # and a frozen parameter stays frozen
-    modes, state, req = snapshot(model)
+    before = snapshot(model)
     x, y = batch()
     for norm in ("linf", "l2"):
         pgd(model, x, y, eps=0.1, steps=3, norm=norm, restarts=2)
     fgsm(model, x, y, eps=0.1)
     robust_evaluate(model, [(x, y)], PGD(eps=0.1, steps=2))
-    after_modes, after_state, after_req = snapshot(model)
-    assert after_modes == modes
-    assert after_req == req
-    for key, value in state.items():
-        assert torch.equal(after_state[key], value), key
+    assert_unchanged(model, before)
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -235,7 +207,7 @@ def test_batch_statistics_mode_matches_a_reference_and_updates_nothing() -> None
     """bn="batch": BN normalises with the batch's statistics (dropout off), running averages untouched."""
     model = trained_bn().double()
     model.train()
-    modes, state, _ = snapshot(model)
+    before = snapshot(model)
     x, y = batch()
     x = x.double()
     ours = pgd(model, x, y, eps=0.1, alpha=0.03, steps=4, random_start=False, bn="batch")
@@ -251,8 +223,5 @@ def test_batch_statistics_mode_matches_a_reference_and_updates_nothing() -> None
         ref_batch = torch.max(torch.min(ref_batch + 0.03 * ref_batch.grad.sign(), x + 0.1), x - 0.1).clamp(0, 1)
     torch.testing.assert_close(ours, ref_batch.detach(), atol=1e-10, rtol=0)
     assert not torch.equal(ours, ref)  # batch statistics really were used
-    after_modes, after_state, _ = snapshot(model)
-    assert after_modes == modes
-    for key, value in state.items():
-        assert torch.equal(after_state[key], value), key
+    assert_unchanged(model, before)
     assert all(m.track_running_stats for m in model.modules() if isinstance(m, nn.BatchNorm2d))

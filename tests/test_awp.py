@@ -15,41 +15,16 @@ from mcar_lib.awp import AWP, AWPLoss, awp_perturbation, training_steps
 from mcar_lib.functional import perturbable_names, shifted
 from mcar_lib.data import LabeledImages, loader
 
-
-def tiny_cnn(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
-        nn.Flatten(), nn.Linear(6 * 4 * 4, 3),
-    )
+from helpers import assert_unchanged, batch, snapshot, tiny_cnn, warm_bn
 
 
 def warmed_up(seed: int = 0) -> nn.Module:
     """A tiny CNN in train mode whose BN running statistics are not the defaults."""
-    model = tiny_cnn(seed).train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.rand(16, 1, 8, 8))
-    return model
-
-
-def batch(n: int = 10, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
+    return warm_bn(tiny_cnn(seed), seed).train()
 
 
 #: deterministic (no random start), so a test can craft the very same x_adv again
 ROBUST = RobustLoss(PGD(eps=0.1, steps=2, random_start=False))
-
-
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def assert_same_state(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), f"{k} changed"
 
 
 def reference_v(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, gamma: float) -> dict[str, torch.Tensor]:
@@ -63,12 +38,12 @@ def reference_v(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, gamma: f
 
 def test_perturbation_matches_plain_gradient_and_has_relative_norm() -> None:
     model = warmed_up()
-    x, y = batch()
+    x, y = batch(10)
     gamma = 0.05
     x_adv = ROBUST.craft(model, x, y)
     before = snapshot(model)
     v = awp_perturbation(model, x_adv, y, gamma=gamma)
-    assert_same_state(model, before)  # the extra forward updates no BN statistics
+    assert_unchanged(model, before)  # the extra forward updates no BN statistics
     assert model.training
     expected = reference_v(model, x_adv, y, gamma)
     assert set(v) == set(expected)
@@ -80,11 +55,11 @@ def test_perturbation_matches_plain_gradient_and_has_relative_norm() -> None:
 
 def test_excluded_parameters_are_never_perturbed() -> None:
     model = warmed_up()
-    x, y = batch()
+    x, y = batch(10)
     v = awp_perturbation(model, ROBUST.craft(model, x, y), y, gamma=0.1)
     one_dim = {n for n, p in model.named_parameters() if p.ndim <= 1}
     assert one_dim and one_dim.isdisjoint(v)  # biases and BN scales/shifts are not in v
-    assert set(v) == set(perturbable_names(model)) == {"0.weight", "3.weight", "7.weight"}
+    assert set(v) == set(perturbable_names(model)) == {"conv1.weight", "conv2.weight", "fc.weight"}
     params = dict(model.named_parameters())
     moved = shifted(params, v)
     for name in one_dim:
@@ -93,7 +68,7 @@ def test_excluded_parameters_are_never_perturbed() -> None:
 
 def test_awp_step_restores_weights_bit_for_bit_and_uses_gradient_at_perturbed_point() -> None:
     model = warmed_up()
-    x, y = batch()
+    x, y = batch(10)
     gamma = 0.05
     before = snapshot(model)
     x_adv = ROBUST.craft(model, x, y)
@@ -102,11 +77,11 @@ def test_awp_step_restores_weights_bit_for_bit_and_uses_gradient_at_perturbed_po
     loss = AWPLoss(ROBUST, gamma=gamma)(model, x, y)
     loss.backward()
     for name, p in model.named_parameters():  # weights bit-for-bit as before the step
-        assert torch.equal(p.detach(), before[name]), name
+        assert torch.equal(p.detach(), before.state[name]), name
 
     # independent: a copy whose weights really are w + v, plain forward/backward in train mode
     twin = copy.deepcopy(model)
-    twin.load_state_dict(before)
+    twin.load_state_dict(before.state)
     with torch.no_grad():
         for name, p in twin.named_parameters():
             if name in v:
@@ -126,7 +101,7 @@ def test_awp_step_restores_weights_bit_for_bit_and_uses_gradient_at_perturbed_po
 def test_warmup_skips_the_perturbation_for_the_first_epochs() -> None:
     model = warmed_up()
     model.eval()  # BN in eval mode so repeated calls see identical statistics
-    x, y = batch()
+    x, y = batch(10)
     hook = AWPLoss(ROBUST, gamma=0.2, warmup_epochs=1, steps_per_epoch=2)
     plain = ROBUST(model, x, y).item()
     perturbed = AWPLoss(ROBUST, gamma=0.2)(model, x, y).item()
@@ -141,20 +116,20 @@ def test_fit_adversarial_with_awp_trains_a_copy() -> None:
     data = loader(LabeledImages(x, y), 8, shuffle=True, seed=0)
     trained, history = fit_adversarial(model, data, epochs=2, attack=ROBUST, awp=AWP(gamma=0.01, warmup_epochs=1),
                                        show_progress=False)
-    assert_same_state(model, before)
+    assert_unchanged(model, before)
     assert len(history.rows) == 2
-    assert any(not torch.equal(p, before[n]) for n, p in trained.state_dict().items())
+    assert any(not torch.equal(p, before.state[n]) for n, p in trained.state_dict().items())
 
 
 def test_benchmark_steps_run_on_copies() -> None:
     model = tiny_cnn()
     before = snapshot(model)
-    x, y = batch()
+    x, y = batch(10)
     steps = training_steps(model, x, y, robust=ROBUST, gamma=0.01)
     assert set(steps) == {"adversarial", "awp"}
     losses = {name: step() for name, step in steps.items()}
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
-    assert_same_state(model, before)
+    assert_unchanged(model, before)
 
 
 def test_bad_settings_are_refused() -> None:

@@ -10,6 +10,8 @@ from mcar_lib import backdoor
 from mcar_lib.backdoor import BlendTrigger, PatchTrigger
 from mcar_lib.data import LabeledImages
 
+from helpers import ConstantClassifier
+
 
 def _images(n: int, c: int, h: int, w: int, seed: int = 0) -> Tensor:
     return torch.rand(n, c, h, w, generator=torch.Generator().manual_seed(seed))
@@ -110,18 +112,6 @@ def test_poisoning_is_seeded() -> None:
         backdoor.poison(data, PatchTrigger(size=2), target=0, rate=0.3, seed=5, source_classes=[0, 1])
 
 
-class AlwaysTarget(nn.Module):
-    def __init__(self, target: int, n_classes: int = 4) -> None:
-        super().__init__()
-        self.target, self.n_classes = target, n_classes
-        self.dummy = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        logits = torch.zeros(len(x), self.n_classes) + 0 * self.dummy
-        logits[:, self.target] = 1.0
-        return logits
-
-
 class IgnoresTrigger(nn.Module):
     """A random linear classifier that cannot see the trigger's pixels (they are blanked before it)."""
 
@@ -136,7 +126,7 @@ class IgnoresTrigger(nn.Module):
 
 def test_asr_of_a_model_that_always_says_target_is_100() -> None:
     data = _labelled([10, 10, 10, 10])
-    model = AlwaysTarget(target=1)
+    model = ConstantClassifier(1)
     assert backdoor.attack_success_rate(model, data, PatchTrigger(size=2), 1) == 100.0
     assert backdoor.clean_accuracy(model, data) == pytest.approx(25.0)
 
@@ -169,7 +159,7 @@ def test_asr_of_a_trigger_blind_model_is_its_error_rate_into_the_target() -> Non
 
 def test_metrics_accept_any_iterable_of_batches_and_reject_empty_sources() -> None:
     data = _labelled([6, 6, 6])
-    model = AlwaysTarget(target=0, n_classes=3)
+    model = ConstantClassifier(0, n_classes=3)
     listed = [(data.x[:9], data.y[:9]), (data.x[9:], data.y[9:])]
     assert backdoor.attack_success_rate(model, listed, PatchTrigger(size=2), 0) == 100.0
     only_target = LabeledImages(data.x[:6], data.y[:6])

@@ -12,23 +12,17 @@ from torch.optim.swa_utils import update_bn
 from mcar_lib import batchnorm, curves, repair
 from mcar_lib.data import LabeledImages, batches
 
+import helpers
+from helpers import assert_unchanged, same_weights, snapshot, tiny_cnn
+
 
 def cnn(seed: int = 0, dropout: bool = False) -> nn.Module:
-    torch.manual_seed(seed)
-    layers = [nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 8),
-              nn.BatchNorm1d(8), nn.ReLU()]
-    if dropout:
-        layers.append(nn.Dropout(0.5))
-    return nn.Sequential(*layers, nn.Linear(8, 3))
+    """Batch norm after a convolution (2-D) and after a hidden linear layer (1-D), on 1×6×6 images."""
+    return tiny_cnn(seed, widths=(4,), size=6, hidden=8, dropout=0.5 if dropout else 0.0)
 
 
 def images(n: int = 300, seed: int = 0) -> LabeledImages:
-    g = torch.Generator().manual_seed(seed)
-    return LabeledImages(torch.rand(n, 1, 6, 6, generator=g), torch.randint(0, 3, (n,), generator=g))
-
-
-def statistics(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: b.clone() for n, b in model.named_buffers()}
+    return helpers.images(n, seed, shape=(1, 6, 6))
 
 
 @pytest.mark.parametrize("batch_size", [256, 100, 300])
@@ -44,11 +38,10 @@ def test_recalibrated_equals_update_bn(batch_size: int) -> None:
 
 def test_nothing_given_is_changed_and_dropout_stays_off() -> None:
     model, data = cnn(dropout=True).train(), images()
-    before = statistics(model)
+    before, x_before = snapshot(model), data.x.clone()
     recalibrated = batchnorm.recalibrated(model, data)
-    assert model.training and all(m.training for m in model.modules())
-    for name, value in model.named_buffers():
-        assert torch.equal(value, before[name]), name
+    assert_unchanged(model, before)
+    assert model.training and torch.equal(data.x, x_before)
     # with dropout off, the result does not depend on the random state (update_bn would: it trains dropout)
     torch.manual_seed(1)
     again = batchnorm.recalibrated(model, data)
@@ -76,9 +69,9 @@ def test_noisy_model_statistics_come_from_the_bonafide_data() -> None:
 
 
 def test_models_without_batch_norm_and_empty_data() -> None:
-    plain = nn.Sequential(nn.Flatten(), nn.Linear(36, 3))
+    plain = tiny_cnn(widths=(4,), size=6, batch_norm=False)
     assert batchnorm.statistics_names(plain) == set()
     copy_ = batchnorm.recalibrated(plain, images())
-    assert copy_ is not plain and torch.equal(copy_[1].weight, plain[1].weight)
+    assert copy_ is not plain and same_weights(copy_, plain)
     with pytest.raises(ValueError, match="no batches"):
         batchnorm.recalibrated(cnn(), [])

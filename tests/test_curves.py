@@ -14,41 +14,17 @@ from mcar_lib import models
 from mcar_lib.curves import Curve, bezier_coefficients, fit_curve, polychain_coefficients
 from mcar_lib.train import SGDConfig
 
-
-def _warm_bn(model: nn.Module, shape: tuple[int, ...], seed: int) -> nn.Module:
-    """Give the BN layers non-default running statistics (so 'the endpoint's own buffers' means something)."""
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.rand(8, *shape, generator=gen))
-    return model.eval()
+from helpers import assert_unchanged, small_cnn, snapshot, tiny_cnn, warm_bn
 
 
 def _pair(name: str = "small_cnn", seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    torch.manual_seed(seed)
+    """Two endpoints with batch norm whose running statistics differ from the defaults and from each other."""
     if name == "resnet18":
+        torch.manual_seed(seed)
         a, b = torchvision.models.resnet18(num_classes=10), torchvision.models.resnet18(num_classes=10)
-        shape = (3, 32, 32)
     else:
-        a, b = models.build("small_cnn", width=4), models.build("small_cnn", width=4)
-        shape = (1, 28, 28)
-    return _warm_bn(a, shape, seed + 1), _warm_bn(b, shape, seed + 2)
-
-
-def _snapshot(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, bool], dict[str, object]]:
-    state = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
-    modes = {n: m.training for n, m in model.named_modules()}
-    grads = {n: p.grad for n, p in model.named_parameters()}
-    return state, modes, grads
-
-
-def _assert_unchanged(model: nn.Module, snap) -> None:
-    state, modes, grads = snap
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, state[k]), f"{k} changed"
-    assert {n: m.training for n, m in model.named_modules()} == modes
-    assert all(p.grad is grads[n] for n, p in model.named_parameters())
+        a, b = (small_cnn(2 * seed + i, width=4, classes=10, size=28) for i in (0, 1))
+    return warm_bn(a, seed + 1).eval(), warm_bn(b, seed + 2).eval()
 
 
 # ------------------------------------------------------------------------------------------ coefficients
@@ -122,7 +98,7 @@ def test_curve_reproduces_both_endpoints_exactly(name: str) -> None:
 def test_gradients_reach_the_bends_only_and_inputs_are_unchanged() -> None:
     a, b = _pair()
     a.train()  # mixed modes must survive as well
-    snaps = (_snapshot(a), _snapshot(b))
+    snaps = (snapshot(a), snapshot(b))
     curve = Curve.between(a, b, n_bends=2).train()
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
     nn.functional.cross_entropy(curve(x, 0.4), y).backward()
@@ -135,7 +111,7 @@ def test_gradients_reach_the_bends_only_and_inputs_are_unchanged() -> None:
     curve.eval()(x, 0.4)
     fit_curve(curve, [(x, y)], steps=2, show_progress=False)
     for model, snap in zip((a, b), snaps):
-        _assert_unchanged(model, snap)
+        assert_unchanged(model, snap)
     assert a.training and not b.training
 
 
@@ -227,15 +203,11 @@ def test_bn_statistics_are_cached_per_t_and_refreshed_when_bends_change() -> Non
 
 
 def test_model_without_batch_norm_needs_no_bn_data() -> None:
-    def net() -> nn.Module:
-        return nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 26 * 26, 3))
-
-    torch.manual_seed(0)
-    a, b = net(), net()
+    a, b = tiny_cnn(0, batch_norm=False), tiny_cnn(1, batch_norm=False)
     curve = Curve.between(a, b).eval()
-    x = torch.rand(2, 1, 28, 28)
+    x = torch.rand(2, 1, 8, 8)
     w = curve.weights_at(0.5)
-    plain = net()
+    plain = tiny_cnn(2, batch_norm=False)
     plain.load_state_dict({k: v.detach() for k, v in w.items()})
     assert torch.allclose(curve.at(0.5)(x), plain(x), atol=1e-6)
     assert torch.allclose(curve(x, 0.5), plain(x), atol=1e-6)

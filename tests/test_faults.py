@@ -12,38 +12,18 @@ from torch import nn
 from mcar_lib import faults
 from mcar_lib.data import LabeledImages
 
-
-class Tiny(nn.Module):
-    """Conv + BN + linear head: small enough to be instant, with BN buffers that must stay untouched."""
-
-    def __init__(self, classes: int = 3) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.fc = nn.Linear(8 * 4 * 4, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.bn(self.conv(x)))
-        return self.fc(nn.functional.avg_pool2d(h, 2).flatten(1))
+from helpers import assert_unchanged, snapshot, tiny_cnn, warm_bn
 
 
-def make_problem(seed: int = 0, n: int = 60, classes: int = 3) -> tuple[Tiny, LabeledImages]:
+def make_problem(seed: int = 0, n: int = 60, classes: int = 3) -> tuple[nn.Module, LabeledImages]:
     """A random network and images labelled by that network itself, so every image starts correct."""
-    torch.manual_seed(seed)
-    model = Tiny(classes)
-    model.bn.running_mean.uniform_(-0.1, 0.1)  # non-default statistics, to notice any change
-    model.bn.running_var.uniform_(0.5, 1.5)
-    model.eval()
+    model = warm_bn(tiny_cnn(seed, classes=classes), seed).eval()  # non-default statistics, to notice any change
     x = torch.rand(n, 1, 8, 8) ** 3  # sparse bright pixels: images that differ in feature space
     with torch.no_grad():
         model.fc.weight /= model(x).std()  # logits of order 1, like a trained network's
         model.fc.bias -= model(x).mean(0)  # centre the logits so that every class occurs
         y = model(x).argmax(1)
     return model, LabeledImages(x, y)
-
-
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 # ------------------------------------------------------------------------------------------- targets
@@ -88,13 +68,12 @@ def test_margin_loss_matches_a_plain_loop() -> None:
 def test_sneak_edits_only_the_named_parameter_and_reaches_full_success() -> None:
     model, data = make_problem()
     targets = faults.pick_targets(model, data, n_sneak=2, n_keep=40, num_classes=3, seed=0)
-    before = snapshot(model)
     model.train()  # the caller's mode must survive, and BN statistics must not move
+    snap = snapshot(model)
     new, report = faults.sneak(model, targets, param_names=["fc.weight"], steps=600, lr=0.05,
                                optimizer="adam")
-    assert model.training and model.bn.training
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), f"input model changed: {k}"
+    assert_unchanged(model, snap)
+    before = snap.state
     after = new.state_dict()
     for k, v in before.items():
         if k != "fc.weight":
@@ -211,19 +190,19 @@ def test_flip_bits_rejects_bad_input() -> None:
 
 def test_flip_bits_in_touches_only_named_entries() -> None:
     model, _ = make_problem()
-    before = snapshot(model)
-    new = faults.flip_bits_in(model, {"conv.weight": (torch.tensor([0, 7]), 30), "bn.running_var": ([2], 31)})
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k])
+    snap = snapshot(model)
+    new = faults.flip_bits_in(model, {"conv1.weight": (torch.tensor([0, 7]), 30), "bn1.running_var": ([2], 31)})
+    assert_unchanged(model, snap)
+    before = snap.state
     after = new.state_dict()
     for k in before:
-        if k not in ("conv.weight", "bn.running_var"):
+        if k not in ("conv1.weight", "bn1.running_var"):
             assert torch.equal(after[k], before[k])
-    diff = (after["conv.weight"] != before["conv.weight"]).flatten()
+    diff = (after["conv1.weight"] != before["conv1.weight"]).flatten()
     assert torch.nonzero(diff).flatten().tolist() == [0, 7]
-    assert after["bn.running_var"][2] == -before["bn.running_var"][2]
-    with pytest.raises(KeyError, match="conv.weight"):
-        faults.flip_bits_in(model, {"conv.wieght": ([0], 30)})
+    assert after["bn1.running_var"][2] == -before["bn1.running_var"][2]
+    with pytest.raises(KeyError, match="conv1.weight"):
+        faults.flip_bits_in(model, {"conv1.wieght": ([0], 30)})
 
 
 def test_random_flips_are_reproducible_and_counted() -> None:
@@ -241,12 +220,12 @@ def test_random_flips_are_reproducible_and_counted() -> None:
 
 def test_zero_implausible_undoes_the_blow_up_of_an_exponent_flip() -> None:
     model, _ = make_problem()
-    broken = faults.flip_bits_in(model, {"fc.weight": ([3], 30), "conv.weight": ([0], 30)})
+    broken = faults.flip_bits_in(model, {"fc.weight": ([3], 30), "conv1.weight": ([0], 30)})
     fixed, zeroed = faults.zero_implausible(broken, max_abs=1e3)
-    assert zeroed == {"conv.weight": 1, "fc.weight": 1}
-    expected = snapshot(model)
+    assert zeroed == {"conv1.weight": 1, "fc.weight": 1}
+    expected = snapshot(model).state
     expected["fc.weight"].view(-1)[3] = 0.0
-    expected["conv.weight"].view(-1)[0] = 0.0
+    expected["conv1.weight"].view(-1)[0] = 0.0
     for k, v in fixed.state_dict().items():
         assert torch.equal(v, expected[k]), k
     assert broken.fc.weight.abs().max() > 1e3  # the input keeps its broken weight

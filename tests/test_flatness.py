@@ -13,29 +13,16 @@ from mcar_lib.attacks import PGD, pgd
 from mcar_lib.flatness import (average_flatness, filter_normalized_direction, loss_curve,
                                relative_random_perturbation, worst_flatness)
 
+from helpers import assert_unchanged, batch, chunks, snapshot, tiny_cnn, warm_bn
 
-def tiny_cnn(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-        nn.Flatten(), nn.Linear(6 * 4 * 4, 3),
-    )
-    model.train()
-    with torch.no_grad():  # non-default BN statistics, so eval and train mode differ
-        for _ in range(2):
-            model(torch.rand(16, 1, 8, 8))
-    return model
+
+def warmed_up(seed: int = 0) -> nn.Module:
+    """A tiny CNN in train mode with non-default BN statistics, so eval and train mode differ."""
+    return warm_bn(tiny_cnn(seed), seed).train()
 
 
 def data(n: int = 12, seed: int = 1, batch_size: int = 6) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    x, y = torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
-    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, n, batch_size)]
-
-
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return chunks(*batch(n, seed), batch_size)
 
 
 def shifted_copy(model: nn.Module, delta: dict[str, torch.Tensor], alpha: float = 1.0) -> nn.Module:
@@ -62,7 +49,7 @@ def reference_robust_loss(net: nn.Module, batches) -> float:
 
 
 def test_relative_perturbation_has_layerwise_radius_and_skips_1d() -> None:
-    model = tiny_cnn()
+    model = warmed_up()
     nu = relative_random_perturbation(model, 0.3, generator=torch.Generator().manual_seed(0))
     params = dict(model.named_parameters())
     assert set(nu) == {n for n, p in params.items() if p.ndim > 1}
@@ -71,7 +58,7 @@ def test_relative_perturbation_has_layerwise_radius_and_skips_1d() -> None:
 
 
 def test_filter_normalised_direction() -> None:
-    model = tiny_cnn()
+    model = warmed_up()
     d = filter_normalized_direction(model, generator=torch.Generator().manual_seed(0))
     for name, p in model.named_parameters():
         if p.ndim <= 1:
@@ -82,7 +69,7 @@ def test_filter_normalised_direction() -> None:
 
 
 def test_average_flatness_matches_a_loop_over_copied_models() -> None:
-    model = tiny_cnn()
+    model = warmed_up()
     batches = data()
     result = average_flatness(model, batches, attack=DETERMINISTIC, xi=0.2, n_samples=2, seed=3)
     gen = torch.Generator().manual_seed(3)  # the same draws, applied to real copies of the model
@@ -96,7 +83,7 @@ def test_average_flatness_matches_a_loop_over_copied_models() -> None:
 
 @pytest.mark.parametrize("measure", ["average", "worst"])
 def test_zero_radius_gives_zero_flatness_even_with_random_starts(measure: str) -> None:
-    model = tiny_cnn()
+    model = warmed_up()
     if measure == "average":
         result = average_flatness(model, data(), attack=PGD(eps=0.1, steps=2), xi=0.0, n_samples=2)
     else:
@@ -106,7 +93,7 @@ def test_zero_radius_gives_zero_flatness_even_with_random_starts(measure: str) -
 
 
 def test_worst_flatness_reference_is_pgd_and_joint_loop_agrees() -> None:
-    model = tiny_cnn()
+    model = warmed_up()
     batches = data(n=6)
     x, y = batches[0]
     eps, steps, xi = 0.1, 2, 0.05
@@ -144,7 +131,7 @@ def test_worst_flatness_reference_is_pgd_and_joint_loop_agrees() -> None:
 
 
 def test_loss_curve_matches_shifted_copies() -> None:
-    model = tiny_cnn()
+    model = warmed_up()
     batches = data()
     d = filter_normalized_direction(model, generator=torch.Generator().manual_seed(0))
     table = loss_curve(model, batches, direction=d, alphas=[0.0, 0.5], attack=DETERMINISTIC)
@@ -159,7 +146,7 @@ def test_loss_curve_matches_shifted_copies() -> None:
 
 
 def test_nothing_is_mutated() -> None:
-    model = tiny_cnn()  # left in train mode on purpose
+    model = warmed_up()  # left in train mode on purpose
     batches = data()
     inputs = [(x.clone(), y.clone()) for x, y in batches]
     before = snapshot(model)
@@ -167,16 +154,14 @@ def test_nothing_is_mutated() -> None:
     average_flatness(model, batches, attack=PGD(eps=0.1, steps=1), xi=0.5, n_samples=1)
     worst_flatness(model, batches, eps=0.1, xi=0.01, steps=1)
     loss_curve(model, batches, direction=d, alphas=[-0.5, 0.5], attack=PGD(eps=0.1, steps=1))
+    assert_unchanged(model, before)
     assert all(m.training for m in model.modules())
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), k
-    assert all(p.grad is None for p in model.parameters())
     for (x, y), (x0, y0) in zip(batches, inputs):
         assert torch.equal(x, x0) and torch.equal(y, y0)
 
 
 def test_bad_input_is_refused() -> None:
-    model = tiny_cnn()
+    model = warmed_up()
     with pytest.raises(ValueError, match="xi"):
         average_flatness(model, data(), attack=None, xi=-1.0)
     with pytest.raises(ValueError, match="empty"):

@@ -11,6 +11,8 @@ from torch.func import functional_call
 from mcar_lib import hessian
 from mcar_lib.data import LabeledImages
 
+import helpers
+from helpers import warm_bn
 
 
 @pytest.fixture(autouse=True)
@@ -23,15 +25,8 @@ def float64():
 
 
 def tiny_cnn(activation: type[nn.Module] = nn.ReLU, seed: int = 0) -> nn.Module:
-    """A 1×6×6-input CNN with batch norm whose running statistics are not the defaults."""
-    torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), activation(), nn.Flatten(), nn.Linear(3 * 36, 4),
-    ).double()
-    with torch.no_grad():
-        model[1].running_mean.uniform_(-0.2, 0.2)
-        model[1].running_var.uniform_(0.5, 1.5)
-    return model
+    """A 1×6×6-input CNN (one convolution, batch norm with non-default running statistics), in float64."""
+    return warm_bn(helpers.tiny_cnn(seed, widths=(3,), size=6, classes=4, activation=activation), seed).double()
 
 
 def tiny_mlp(seed: int = 0) -> nn.Module:
@@ -72,8 +67,7 @@ def dense_weight_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
 
 
 def batch(n: int = 5, shape: tuple[int, ...] = (1, 6, 6), classes: int = 4, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, *shape, generator=g), torch.randint(0, classes, (n,), generator=g)
+    return helpers.batch(n, seed, shape=shape, classes=classes)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -8,19 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from mcar_lib import models, paths
+from mcar_lib import paths
 from mcar_lib.curves import Curve
 from mcar_lib.data import LabeledImages
 from mcar_lib.train import evaluate as evaluate_model
 
-
-def _plain_net() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 6 * 6, 3))
+from helpers import images, small_cnn, tiny_cnn
 
 
-def _images(n: int, seed: int, classes: int = 3, size: int = 8) -> LabeledImages:
-    gen = torch.Generator().manual_seed(seed)
-    return LabeledImages(torch.rand(n, 1, size, size, generator=gen), torch.randint(0, classes, (n,), generator=gen))
+def _plain_net(seed: int = 0) -> nn.Module:
+    return tiny_cnn(seed, batch_norm=False)
 
 
 def test_barrier_on_a_known_table() -> None:
@@ -40,9 +37,8 @@ def test_barrier_needs_the_endpoints_and_the_column() -> None:
 
 
 def test_evaluate_line_table_arc_length_and_metrics() -> None:
-    torch.manual_seed(0)
-    a, b = _plain_net(), _plain_net()
-    test = _images(32, 1)
+    a, b = _plain_net(0), _plain_net(1)
+    test = images(32, 1)
     line = Curve.line(a, b)
     table = paths.evaluate(line, [1.0, 0.0, 0.5, 0.25], {"error": paths.error_on(test), "acc": paths.accuracy_on(test),
                                                          "loss": paths.loss_on(test)}, show_progress=False)
@@ -56,8 +52,7 @@ def test_evaluate_line_table_arc_length_and_metrics() -> None:
 
 
 def test_metrics_receive_the_curve_model_with_recomputed_bn() -> None:
-    torch.manual_seed(0)
-    a, b = models.build("small_cnn", width=2), models.build("small_cnn", width=2)
+    a, b = small_cnn(0, classes=10, size=28), small_cnn(1, classes=10, size=28)
     curve = Curve.between(a, b)
     bonafide = [(torch.rand(8, 1, 28, 28), torch.zeros(8, dtype=torch.long))]
     x = torch.rand(3, 1, 28, 28)
@@ -85,8 +80,7 @@ def test_metrics_receive_the_curve_model_with_recomputed_bn() -> None:
 
 
 def test_plane_basis_and_projected_points() -> None:
-    torch.manual_seed(0)
-    a, b = _plain_net(), _plain_net()
+    a, b = _plain_net(0), _plain_net(1)
     curve = Curve.between(a, b)
     with pytest.raises(ValueError, match="straight line"):
         paths.plane_basis(curve)
@@ -95,7 +89,7 @@ def test_plane_basis_and_projected_points() -> None:
     origin, u, v = paths.plane_basis(curve)
     assert float(u @ u) == pytest.approx(1.0) and float(v @ v) == pytest.approx(1.0)
     assert abs(float(u @ v)) < 1e-10
-    data = _images(16, 2)
+    data = images(16, 2)
     surface = paths.plane_surface(curve, paths.error_on(data), grid=(3, 2), margin=0.1, metric_name="error",
                                   show_progress=False)
     assert surface.values.shape == (2, 3)
@@ -113,15 +107,14 @@ def test_plane_basis_and_projected_points() -> None:
     # one grid value, independently: a fresh network loaded with the plane's weights
     i, j = 1, 2
     w = (origin + surface.x[j] * u + surface.y[i] * v).float()
-    plain = _plain_net()
+    plain = _plain_net(2)
     plain.load_state_dict(curve.unflatten(w))
     assert surface.values[i, j] == pytest.approx(100.0 - evaluate_model(plain, [(data.x, data.y)])["accuracy"])
     assert surface.to_frame().shape == (6, 3)
 
 
 def test_plane_surface_of_a_bn_model_needs_bn_data() -> None:
-    torch.manual_seed(0)
-    curve = Curve.between(models.build("small_cnn", width=2), models.build("small_cnn", width=2))
+    curve = Curve.between(small_cnn(0, classes=10, size=28), small_cnn(1, classes=10, size=28))
     with torch.no_grad():
         curve.bends.add_(0.1)
     with pytest.raises(ValueError, match="bn_data"):

@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
-from mcar_lib import cache, profiles, recipes
-from mcar_lib.data import LabeledImages, Splits
+from mcar_lib import cache, recipes
 
-
-def synthetic_splits(seed: int = 0) -> Splits:
-    g = torch.Generator().manual_seed(seed)
-
-    def images(n: int) -> LabeledImages:
-        return LabeledImages(torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
-
-    return Splits(train=images(128), bonafide=images(64), test=images(48), dataset="synthetic", seed=seed)
-
-
-def tiny_profile() -> profiles.Profile:
-    cfg = profiles.get("smoke")
-    return dataclasses.replace(
-        cfg, batch_size=64, eval_batch_size=64,
-        endpoints=dataclasses.replace(cfg.endpoints, epochs=1),
-        robustness=dataclasses.replace(cfg.robustness, at_epochs=1, at_steps=1, curve_steps=2, robust_curve_steps=2,
-                               eval_steps=1, n_eval=16, n_bn_images=32, n_points=3))
+from helpers import synthetic_splits, tiny_profile
 
 
 def test_curve_and_table_come_back_from_the_cache_with_the_pair_as_endpoints() -> None:

@@ -12,34 +12,11 @@ from mcar_lib import models, repair
 from mcar_lib.data import LabeledImages
 from mcar_lib.train import SGDConfig
 
-
-def _data(n: int = 96, seed: int = 0) -> LabeledImages:
-    gen = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 3
-    x = torch.rand(n, 1, 8, 8, generator=gen) * 0.3
-    for c in range(3):  # a learnable signal: a bright row per class
-        x[y == c, 0, 2 * c + 1, :] += 0.7
-    return LabeledImages(x, y)
-
-
-def _cnn(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return models.build("small_cnn", width=2, num_classes=3, image_size=8)
-
-
-def _snapshot(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, bool]]:
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return state, {n: m.training for n, m in model.named_modules()}
-
-
-def _unchanged(model: nn.Module, snap: tuple[dict[str, Tensor], dict[str, bool]]) -> bool:
-    state, modes = snap
-    same_state = all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-    return same_state and modes == {n: m.training for n, m in model.named_modules()}
+from helpers import assert_unchanged, learnable, small_cnn, snapshot
 
 
 def test_step_batches_gives_exactly_steps_batches_covering_the_data() -> None:
-    data = _data(10)
+    data = learnable(10)
     batches = list(repair.StepBatches(data, 4, 7, seed=1))
     assert len(batches) == 7 == len(repair.StepBatches(data, 4, 7))
     first_sweep = torch.cat([x for x, _ in batches[:3]])  # 4 + 4 + 2 = one pass over the data
@@ -47,9 +24,9 @@ def test_step_batches_gives_exactly_steps_batches_covering_the_data() -> None:
 
 
 def test_baselines_never_mutate_their_inputs() -> None:
-    a, b = _cnn(0).train(), _cnn(1).eval()
-    bona = _data()
-    snap_a, snap_b = _snapshot(a), _snapshot(b)
+    a, b = small_cnn(0).train(), small_cnn(1).eval()
+    bona = learnable()
+    snap_a, snap_b = snapshot(a), snapshot(b)
     x0 = bona.x.clone()
     sgd = SGDConfig(lr=0.05)
     results = [
@@ -60,7 +37,8 @@ def test_baselines_never_mutate_their_inputs() -> None:
     ]
     a2, tuned = repair.one_model_endpoints(a, bona, steps=2, sgd=sgd)
     assert a2 is a and tuned is not a
-    assert _unchanged(a, snap_a) and _unchanged(b, snap_b)
+    assert_unchanged(a, snap_a)
+    assert_unchanged(b, snap_b)
     assert torch.equal(bona.x, x0)
     for r in results:
         assert r.model is not a and r.model is not b
@@ -68,7 +46,7 @@ def test_baselines_never_mutate_their_inputs() -> None:
 
 
 def test_finetune_is_reproducible_and_learns() -> None:
-    a, bona = _cnn(0), _data()
+    a, bona = small_cnn(0), learnable()
     r1 = repair.finetune(a, bona, steps=40, sgd=SGDConfig(lr=0.1))
     r2 = repair.finetune(a, bona, steps=40, sgd=SGDConfig(lr=0.1))
     for p, q in zip(r1.model.parameters(), r2.model.parameters()):
@@ -78,20 +56,20 @@ def test_finetune_is_reproducible_and_learns() -> None:
 
 
 def test_train_from_scratch_forgets_the_template() -> None:
-    a = _cnn(0)
-    r = repair.train_from_scratch(a, _data(), steps=1, sgd=SGDConfig(lr=1e-9, weight_decay=0.0), seed=7)
-    r2 = repair.train_from_scratch(a, _data(), steps=1, sgd=SGDConfig(lr=1e-9, weight_decay=0.0), seed=7)
+    a = small_cnn(0)
+    r = repair.train_from_scratch(a, learnable(), steps=1, sgd=SGDConfig(lr=1e-9, weight_decay=0.0), seed=7)
+    r2 = repair.train_from_scratch(a, learnable(), steps=1, sgd=SGDConfig(lr=1e-9, weight_decay=0.0), seed=7)
     name = models.last_conv_name(a) + ".weight"
     wa, wr = a.state_dict()[name], r.model.state_dict()[name]
     assert not torch.allclose(wa, wr)
     assert torch.equal(wr, r2.model.state_dict()[name])
-    fresh = repair.train_from_scratch(lambda: _cnn(3), _data(), steps=1, sgd=SGDConfig(lr=1e-9), seed=7)
+    fresh = repair.train_from_scratch(lambda: small_cnn(3), learnable(), steps=1, sgd=SGDConfig(lr=1e-9), seed=7)
     assert fresh.name == "from scratch"
 
 
 def test_noisy_model_centre_and_scale() -> None:
-    a, b = _cnn(0), _cnn(1)
-    r0 = repair.noisy_model(a, b, _data(), scale=0.0)
+    a, b = small_cnn(0), small_cnn(1)
+    r0 = repair.noisy_model(a, b, learnable(), scale=0.0)
     for (name, p), q, w in zip(r0.model.named_parameters(), a.parameters(), b.parameters()):
         assert torch.allclose(p, 0.5 * q + 0.5 * w), name
     lin_a, lin_b = nn.Linear(100, 100), nn.Linear(100, 100)
@@ -118,7 +96,7 @@ def _output_of(model: nn.Module, layer: str, x: Tensor) -> Tensor:
 
 
 def test_fine_pruning_zeroes_the_least_active_channels() -> None:
-    a, bona = _cnn(0), _data()
+    a, bona = small_cnn(0), learnable()
     r = repair.fine_prune(a, bona, tolerance=100.0, prune_step=2, steps=5, sgd=SGDConfig(lr=0.05), seed=1)
     pruned = r.details["pruned_channels"]
     conv, norm = r.details["layer"], r.details["norm"]
@@ -143,8 +121,8 @@ def test_fine_pruning_zeroes_the_least_active_channels() -> None:
 
 
 def test_fine_pruning_stops_at_the_tolerance() -> None:
-    a = repair.finetune(_cnn(0), _data(), steps=60, sgd=SGDConfig(lr=0.1)).model
-    r = repair.fine_prune(a, _data(seed=1), tolerance=0.0, steps=1, sgd=SGDConfig(lr=1e-9))
+    a = repair.finetune(small_cnn(0), learnable(), steps=60, sgd=SGDConfig(lr=0.1)).model
+    r = repair.fine_prune(a, learnable(seed=1), tolerance=0.0, steps=1, sgd=SGDConfig(lr=1e-9))
     table = r.table
     base = table.loc[0, "heldout_accuracy"]
     accepted = table[table["n_pruned"] <= r.details["n_pruned"]]
@@ -157,14 +135,14 @@ def test_fine_pruning_without_batch_norm_zeroes_the_convolution() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
-    r = repair.fine_prune(net, _data(), tolerance=100.0, steps=3, sgd=SGDConfig(lr=0.05))
+    r = repair.fine_prune(net, learnable(), tolerance=100.0, steps=3, sgd=SGDConfig(lr=0.05))
     assert r.details["layer"] == "2" and r.details["norm"] is None
     pruned = r.details["pruned_channels"]
     with torch.no_grad():
-        out = r.model[:3](_data().x)
+        out = r.model[:3](learnable().x)
     assert len(pruned) == 5 and torch.all(out[:, pruned] == 0)
     with pytest.raises(ValueError, match="not an nn.Conv2d"):
-        repair.fine_prune(net, _data(), layer="6")
+        repair.fine_prune(net, learnable(), layer="6")
 
 
 def test_select_t_rules() -> None:
@@ -185,11 +163,12 @@ def test_select_t_rules() -> None:
 def test_path_repair_trains_on_bonafide_data_and_picks_t_on_a_held_out_slice() -> None:
     from mcar_lib.train import accuracy
 
-    a, b, bona = _cnn(0).train(), _cnn(1), _data()
-    snap_a, snap_b = _snapshot(a), _snapshot(b)
+    a, b, bona = small_cnn(0).train(), small_cnn(1), learnable()
+    snap_a, snap_b = snapshot(a), snapshot(b)
     ts = [0.0, 0.25, 0.5, 0.75, 1.0]
     r = repair.path_repair(a, b, bona, steps=4, sgd=SGDConfig(lr=0.05), ts=ts, tolerance=100.0, seed=2)
-    assert _unchanged(a, snap_a) and _unchanged(b, snap_b)
+    assert_unchanged(a, snap_a)
+    assert_unchanged(b, snap_b)
     assert list(r.table["t"]) == ts
     assert r.t == 0.5  # a huge tolerance admits every candidate: the farthest from both ends wins
     assert r.t == repair.select_t(r.table, tolerance=100.0)
@@ -206,8 +185,8 @@ def test_path_repair_trains_on_bonafide_data_and_picks_t_on_a_held_out_slice() -
 def test_path_repair_accepts_models_without_batch_norm_and_the_one_model_variant() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 64, 3))
-    tampered, tuned = repair.one_model_endpoints(net, _data(), steps=3, sgd=SGDConfig(lr=0.05))
-    r = repair.path_repair(tampered, tuned, _data(), steps=3, sgd=SGDConfig(lr=0.05), select="best_interior",
+    tampered, tuned = repair.one_model_endpoints(net, learnable(), steps=3, sgd=SGDConfig(lr=0.05))
+    r = repair.path_repair(tampered, tuned, learnable(), steps=3, sgd=SGDConfig(lr=0.05), select="best_interior",
                            min_distance=0.3, ts=[0.0, 0.3, 0.5, 0.7, 1.0])
     assert r.t in (0.3, 0.5, 0.7)
     interior = r.table[r.table["t"].between(0.3, 0.7)]
@@ -216,14 +195,14 @@ def test_path_repair_accepts_models_without_batch_norm_and_the_one_model_variant
 
 def test_cache_trains_once_and_reloads_the_same_weights(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MCAR_CACHE_DIR", str(tmp_path))
-    a, b, bona = _cnn(0), _cnn(1), _data()
+    a, b, bona = small_cnn(0), small_cnn(1), learnable()
     ts = [0.0, 0.5, 1.0]
     first = repair.path_repair(a, b, bona, steps=3, sgd=SGDConfig(lr=0.05), ts=ts, cache=True)
     assert len(list(tmp_path.rglob("path-bezier-1-*.pt"))) == 1
     again = repair.path_repair(a, b, bona, steps=3, sgd=SGDConfig(lr=0.05), ts=ts, cache=True)
     assert torch.equal(first.curve.bends, again.curve.bends)
     assert first.table.equals(again.table) and first.t == again.t
-    other = repair.path_repair(a, b, _data(seed=5), steps=3, sgd=SGDConfig(lr=0.05), ts=ts, cache=True)
+    other = repair.path_repair(a, b, learnable(seed=5), steps=3, sgd=SGDConfig(lr=0.05), ts=ts, cache=True)
     assert len(list(tmp_path.rglob("path-bezier-1-*.pt"))) == 2, "another bonafide set must not reuse the entry"
     assert not torch.equal(first.curve.bends, other.curve.bends)
     ft = repair.finetune(a, bona, steps=3, sgd=SGDConfig(lr=0.05), cache=True)
@@ -239,7 +218,7 @@ def _label_smoothed(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 
 def test_the_loss_function_is_part_of_the_cache_key(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MCAR_CACHE_DIR", str(tmp_path))
-    a, b, bona = _cnn(0), _cnn(1), _data()
+    a, b, bona = small_cnn(0), small_cnn(1), learnable()
     plain = repair.finetune(a, bona, steps=3, sgd=SGDConfig(lr=0.05), cache=True)
     smoothed = repair.finetune(a, bona, steps=3, sgd=SGDConfig(lr=0.05), loss_fn=_label_smoothed, cache=True)
     assert len(list(tmp_path.rglob("fine-tuning-*.pt"))) == 2
@@ -251,7 +230,7 @@ def test_the_loss_function_is_part_of_the_cache_key(tmp_path, monkeypatch) -> No
 
 
 def test_one_model_endpoints_never_see_the_held_out_slice() -> None:
-    a, bona = _cnn(0), _data()
+    a, bona = small_cnn(0), learnable()
     _, tuned = repair.one_model_endpoints(a, bona, steps=5, sgd=SGDConfig(lr=0.05), holdout_fraction=0.25, seed=3)
     rest, _ = repair.split_off(bona, 0.25, seed=3)
     direct = repair.finetune(a, rest, steps=5, sgd=SGDConfig(lr=0.05), seed=3).model

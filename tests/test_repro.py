@@ -2,17 +2,17 @@
 
 import pytest
 import torch
-from torch import nn
 
 from mcar_lib import data, repro, train
+
+from helpers import tiny_cnn
 
 
 def _train_once(seed: int) -> dict[str, torch.Tensor]:
     repro.seed_everything(seed)
     x = torch.rand(96, 1, 8, 8)
     y = torch.randint(0, 3, (96,))
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Dropout(0.2),
-                          nn.Linear(4 * 36, 3))
+    model = tiny_cnn(None, dropout=0.2)  # initialised from the state seed_everything left
     trained, _ = train.fit(model, data.loader(data.LabeledImages(x, y), 16, shuffle=True, seed=seed), epochs=2,
                            sgd=train.SGDConfig(lr=0.1))
     return trained.state_dict()
