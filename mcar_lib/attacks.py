@@ -127,12 +127,14 @@ def pgd(model: Model, x: Tensor, y: Tensor, *, eps: float, alpha: float | None =
     the strongest result is kept (a misclassified one first, then the highest loss). The loss is *summed* over
     the batch, so the step does not depend on the batch size. ``bn`` chooses the batch-norm behaviour during the
     attack (see :func:`attack_mode`; running statistics are never updated). Returns ``x_adv`` (detached, on
-    ``x``'s device). ``validate=False`` skips the input check (one host-device synchronisation), for training
-    loops that checked their data once already.
+    ``x``'s device). ``validate=False`` skips the checks of the images and of the model's weights (a
+    host-device synchronisation each), for training loops that checked their data once already.
     """
     _check_budget(eps, norm)
     if validate:
         check_images(x, y)
+        if isinstance(model, nn.Module):
+            check_finite_weights(model, "the attacked model")
     if steps < 0:
         raise ValueError(f"steps must be non-negative, got {steps}")
     if restarts < 1:
@@ -278,8 +280,10 @@ def robust_evaluate(model: Model, data: BatchSource, attack: Attack, *, seed: in
 
 
 def _call_attack(attack: Attack, model: Model, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
-    if generator is not None and isinstance(attack, PGD):
-        return attack(model, x, y, generator=generator)
+    """One batch of a robust evaluation: the model was checked once for the whole evaluation, the images here."""
+    if isinstance(attack, PGD):
+        check_images(x, y)
+        return attack(model, x, y, generator=generator, validate=False)
     return attack(model, x, y)
 
 

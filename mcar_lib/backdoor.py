@@ -16,15 +16,17 @@ return new tensors.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mcar_lib.data import BatchSource, LabeledImages, iter_batches
+from mcar_lib import curves, train
+from mcar_lib.data import BatchSource, LabeledImages, StepBatches, iter_batches
 from mcar_lib.modes import evaluation_mode
 from mcar_lib.repro import model_device
 
@@ -275,3 +277,50 @@ def backdoor_metrics(model: nn.Module, data: BatchSource, trigger: Trigger, targ
     return BackdoorEval(_percent(c["clean_correct"], c["n"], "clean accuracy"),
                         _percent(c["hits"], c["n_source"], "attack success rate"),
                         _percent(c["triggered_correct"], c["n_source"], "triggered accuracy"))
+
+
+# ------------------------------------------------------------------------------------- adaptive attacker
+
+def path_aware_pair(a: nn.Module, b: nn.Module, poisoned: LabeledImages, *, steps: int, sgd: train.SGDConfig,
+                    batch_size: int = 64, release: Sequence[float] = (0.25, 0.75), n_bends: int = 1,
+                    seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """A path-aware attacker's two models: points of a curve it trained *on its poisoned data*.
+
+    An attacker who expects path repair wants the backdoor to survive along the paths a defender will train.
+    One way: train a Bezier curve between its two backdoored models on the poisoned training data (so every
+    point of that curve keeps both the task and the backdoor), and release the models at ``release`` (two values
+    of t, batch-norm statistics from the poisoned data) instead of the endpoints. A defender's path between
+    them starts on the chord of a backdoored valley. Returns the two released models.
+    """
+    if len(release) != 2 or not all(0.0 <= t <= 1.0 for t in release):
+        raise ValueError(f"release must be two values of t in [0, 1], got {tuple(release)}")
+    curve = curves.Curve.between(a, b, n_bends=n_bends)
+    trained, _ = curves.fit_curve(curve, StepBatches(poisoned, batch_size, steps, seed=seed), steps=steps, sgd=sgd,
+                                  seed=seed, show_progress=False)
+    first, second = (trained.at(float(t), bn_data=poisoned) for t in release)
+    return first, second
+
+
+# ------------------------------------------------------------------------------------------------- relapse
+
+def relapse(model: nn.Module, attacker_data: LabeledImages, test: BatchSource, trigger: Trigger, target: int, *,
+            steps: int, every: int = 5, sgd: train.SGDConfig = train.SGDConfig(lr=0.01, schedule="constant"),
+            batch_size: int = 32, seed: int = 0) -> pd.DataFrame:
+    """How fast a backdoor comes back: fine-tune a copy of ``model`` on ``attacker_data`` (a handful of
+    poisoned images, usually mixed with clean ones) and measure clean accuracy and ASR on ``test`` every
+    ``every`` steps. A repair that only hides the backdoor lets it return much faster than it would appear in a
+    clean model (Min et al. 2024 call such defences superficial). Returns columns ``step``, ``clean_accuracy``
+    and ``asr`` (%), starting at step 0."""
+    if steps < 1 or every < 1:
+        raise ValueError(f"steps and every must be positive, got {steps} and {every}")
+
+    def measure(net: nn.Module) -> dict[str, float]:
+        result = backdoor_metrics(net, test, trigger, target)
+        return {"clean_accuracy": result.clean_accuracy, "asr": result.attack_success_rate}
+
+    data = StepBatches(attacker_data, batch_size, every, seed=seed)  # an "epoch" of ``every`` steps
+    _, history = train.fit(model, data, epochs=max(1, steps // every), sgd=sgd, show_progress=False,
+                           epoch_end=lambda net, epoch: measure(net))
+    start = pd.DataFrame([{"step": 0, **measure(model)}])
+    later = history.to_frame()[["step", "clean_accuracy", "asr"]]
+    return pd.concat([start, later], ignore_index=True)

@@ -98,6 +98,27 @@ def _source_hash(func: Callable) -> str | None:
         return None
 
 
+_MODULE_INTERNALS = {"training", "_parameters", "_buffers", "_modules", "_non_persistent_buffers_set",
+                     "_backward_pre_hooks", "_backward_hooks", "_is_full_backward_hook", "_forward_hooks",
+                     "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+                     "_forward_pre_hooks_with_kwargs", "_state_dict_hooks", "_state_dict_pre_hooks",
+                     "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks"}
+
+
+def _module_settings(model: nn.Module, depth: int) -> dict[str, Any]:
+    """Every submodule's plain attributes (a scale, a flag, a size used in ``forward``): numbers, strings and
+    tuples of them, which neither the weights nor always the repr show."""
+    plain = (bool, int, float, str, type(None))
+    out: dict[str, Any] = {}
+    for name, module in model.named_modules():
+        for key, value in vars(module).items():
+            if key in _MODULE_INTERNALS or key.startswith("__"):
+                continue
+            if isinstance(value, plain) or (isinstance(value, tuple) and all(isinstance(v, plain) for v in value)):
+                out[f"{name}.{key}" if name else key] = describe(value, depth)
+    return out
+
+
 def describe(value: Any, _depth: int = 0) -> Any:
     """A stable, JSON-friendly description of ``value`` for a cache key: equal inputs give equal descriptions,
     and an input that changes the result changes its description.
@@ -122,7 +143,7 @@ def describe(value: Any, _depth: int = 0) -> Any:
         return {"type": type(value).__qualname__, **describe(value.__cache_key__(), d)}
     if isinstance(value, nn.Module):
         return {"module": type(value).__qualname__, "architecture": architecture_id(value),
-                "weights": fingerprint(value)}
+                "weights": fingerprint(value), "settings": _module_settings(value, d)}
     if isinstance(value, Tensor):
         return {"tensor": fingerprint(value)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -143,8 +164,10 @@ def describe(value: Any, _depth: int = 0) -> Any:
         closure = getattr(value, "__closure__", None) or ()
         names = getattr(getattr(value, "__code__", None), "co_freevars", ())
         captured = {name: describe(cell.cell_contents, d) for name, cell in zip(names, closure)}
-        return {"function": _qualified(value), "source": _source_hash(value), **({"closure": captured} if captured
-                                                                                  else {})}
+        defaults = {"defaults": describe(getattr(value, "__defaults__", None), d),
+                    "kwdefaults": describe(getattr(value, "__kwdefaults__", None), d)}
+        return {"function": _qualified(value), "source": _source_hash(value), **defaults,
+                **({"closure": captured} if captured else {})}
     if isinstance(value, type):
         return {"class": _qualified(value), "source": _source_hash(value)}
     if hasattr(value, "__dict__") and callable(value):  # a configured callable object (a loss hook)

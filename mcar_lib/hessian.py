@@ -207,9 +207,12 @@ class _WeightHessian:
     """
 
     def __init__(self, model: nn.Module, data: BatchSource) -> None:
+        check_finite_weights(model)
         self.model = model
         self.device = model_device(model)
         self.batches = batch_list(data)
+        for i, (x, _) in enumerate(self.batches):
+            check_finite_tensor(x, f"batch {i} of the data")
         self.count = sum(len(y) for _, y in self.batches)
         self.params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
         if not self.params:

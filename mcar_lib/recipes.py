@@ -409,7 +409,8 @@ def flatness_measures(cfg: Profile, splits: Splits, model: nn.Module, *, seed: i
         return pd.DataFrame({"robust_loss": [average.loss], "average": [average.flatness], "worst": [worst.flatness]})
 
     inputs = {"model": model, "data": data, "attack": attack, "xi": fs.xi, "n_samples": fs.n_weight_samples,
-              "worst_xi": fs.worst_xi, "worst_steps": fs.worst_steps, "seed": seed}
+              "worst_xi": fs.worst_xi, "worst_steps": fs.worst_steps, "seed": seed,
+              "batch_size": cfg.eval_batch_size}  # the worst case is optimised batch by batch
     return {k: float(v) for k, v in cached_table("flatness", inputs, compute).iloc[0].items()}
 
 

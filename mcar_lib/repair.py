@@ -28,9 +28,9 @@ from the tampered models as that allows". ``select="best_interior"`` takes the m
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -40,13 +40,12 @@ from torch import Tensor, nn
 from mcar_lib import cache, curves
 from mcar_lib.batchnorm import recalibrated
 from mcar_lib.checks import check_finite_weights, check_has_parameters, check_same_architecture
-from mcar_lib.data import LabeledImages, StepBatches, batches, split_off
+from mcar_lib.data import Augmented, LabeledImages, StepBatches, batches, split_off
+from mcar_lib.data import folds as data_folds
 from mcar_lib.models import last_conv_name
 from mcar_lib.modes import evaluation_mode
 from mcar_lib.repro import model_device
-from mcar_lib.train import LossFn, SGDConfig, cross_entropy_loss, evaluate, fit
-
-SELECTION_RULES = ("farthest_within_tolerance", "best_interior")
+from mcar_lib.train import LossFn, Schedule, SGDConfig, cross_entropy_loss, evaluate, fit
 
 
 @dataclass(frozen=True)
@@ -236,17 +235,31 @@ def _zero_channels_(model: nn.Module, site: _PruneSite, channels: Tensor) -> Non
         norm.bias[channels] = 0.0
 
 
-def fine_prune(model: nn.Module, bonafide: LabeledImages, *, layer: str | None = None, tolerance: float = 4.0,
-               prune_step: int = 1, holdout_fraction: float = 0.2, steps: int = 300,
+PruneCriterion = Literal["activation", "weight_norm"]
+PRUNE_NAMES = {"activation": "fine-pruning", "weight_norm": "filter pruning + fine-tuning"}
+
+
+@torch.no_grad()
+def _filter_norms(model: nn.Module, site: _PruneSite) -> Tensor:
+    """L1 norm of each filter of the pruned convolution (Li et al. 2017 rank filters by it)."""
+    weight = dict(model.named_modules())[site.conv].weight
+    return weight.abs().flatten(1).sum(1)
+
+
+def fine_prune(model: nn.Module, bonafide: LabeledImages, *, criterion: PruneCriterion = "activation",
+               layer: str | None = None, tolerance: float = 4.0, prune_step: int = 1, steps: int = 300,
                sgd: SGDConfig = SGDConfig(lr=0.01), batch_size: int = 128, seed: int = 0,
                cache: bool = False) -> RepairResult:
-    """Fine-pruning (Liu et al. 2018) on a copy of ``model``.
+    """Pruning followed by fine-tuning, on a copy of ``model``; both steps see all of the bonafide data.
 
-    1. Rank the channels of ``layer`` (default: the last convolution) by their mean activation on bonafide
-       data; backdoor neurons tend to be dormant on clean inputs.
-    2. Prune the least active channels, ``prune_step`` at a time, while the accuracy on a held-out slice of
-       the bonafide data stays within ``tolerance`` points of the unpruned model's.
-    3. Fine-tune on the rest of the bonafide data with the pruned channels held at zero.
+    1. Rank the channels of ``layer`` (default: the last convolution): ``criterion="activation"`` by their mean
+       activation on bonafide data (fine-pruning, Liu et al. 2018: backdoor neurons tend to be dormant on clean
+       inputs); ``"weight_norm"`` by the L1 norm of their filters (filter pruning, Li et al. 2017, the pruning
+       baseline of Zhao et al.).
+    2. Prune the lowest-ranked channels, ``prune_step`` at a time, while the accuracy on the bonafide data stays
+       within ``tolerance`` points of the unpruned model's (pruning trains nothing, so the bonafide images are
+       still unseen by the model being judged).
+    3. Fine-tune on the bonafide data with the pruned channels held at zero.
 
     ``details["pruned_only"]`` is the pruned model before fine-tuning (to tell the two steps apart).
 
@@ -256,24 +269,27 @@ def fine_prune(model: nn.Module, bonafide: LabeledImages, *, layer: str | None =
     """
     check_finite_weights(model)
     _check_bonafide(bonafide)
+    if criterion not in PRUNE_NAMES:
+        raise ValueError(f"unknown criterion {criterion!r}; choose one of {tuple(PRUNE_NAMES)}")
     if tolerance < 0:
         raise ValueError(f"tolerance is an accuracy drop in percentage points and must be >= 0, got {tolerance}")
-    rest, held = split_off(bonafide, holdout_fraction, seed=seed)
+    name = PRUNE_NAMES[criterion]
     device = model_device(model)
     conv_name = layer or last_conv_name(model)
     net = copy.deepcopy(model).eval()
-    site = _find_prune_site(net, conv_name, rest.x[:2].to(device))
-    activity = _channel_activity(net, site, rest, batch_size)
-    order = torch.argsort(activity)  # least active first
+    site = _find_prune_site(net, conv_name, bonafide.x[:2].to(device))
+    score = (_channel_activity(net, site, bonafide, batch_size) if criterion == "activation"
+             else _filter_norms(net, site))
+    order = torch.argsort(score)  # lowest first
     n_channels = len(order)
-    base = _heldout_accuracy(net, held, batch_size)
-    rows = [{"n_pruned": 0, "heldout_accuracy": base}]
+    base = _heldout_accuracy(net, bonafide, batch_size)
+    rows = [{"n_pruned": 0, "bonafide_accuracy": base}]
     n_pruned = 0
     for k in range(prune_step, n_channels, prune_step):
         trial = copy.deepcopy(net)
         _zero_channels_(trial, site, order[:k])
-        acc = _heldout_accuracy(trial, held, batch_size)
-        rows.append({"n_pruned": k, "heldout_accuracy": acc})
+        acc = _heldout_accuracy(trial, bonafide, batch_size)
+        rows.append({"n_pruned": k, "bonafide_accuracy": acc})
         if acc < base - tolerance:
             break
         n_pruned = k
@@ -285,18 +301,22 @@ def fine_prune(model: nn.Module, bonafide: LabeledImages, *, layer: str | None =
         _zero_channels_(m, site, pruned)  # undo what the last optimizer step did to the pruned channels
         return cross_entropy_loss(m, x, y)
 
-    tuned = finetune(net, rest, steps=steps, sgd=sgd, batch_size=batch_size, seed=seed, loss_fn=masked_loss,
-                     name="fine-pruning", cache=cache).model
+    tuned = finetune(net, bonafide, steps=steps, sgd=sgd, batch_size=batch_size, seed=seed, loss_fn=masked_loss,
+                     name=name, cache=cache).model
     _zero_channels_(tuned, site, pruned)
-    return RepairResult(tuned, "fine-pruning", table=pd.DataFrame(rows),
-                        details={"layer": conv_name, "norm": site.norm, "n_pruned": n_pruned,
+    return RepairResult(tuned, name, table=pd.DataFrame(rows),
+                        details={"layer": conv_name, "norm": site.norm, "n_pruned": n_pruned, "criterion": criterion,
                                  "n_channels": n_channels, "pruned_channels": pruned.tolist(), "steps": steps,
                                  "pruned_only": pruned_only})
 
 
 # --------------------------------------------------------------------------------------------- path repair
 
-def select_t(table: pd.DataFrame, *, rule: str = "farthest_within_tolerance", tolerance: float = 2.0,
+RULES = ("farthest_within_tolerance", "best_interior")
+SelectionRule = Literal["farthest_within_tolerance", "best_interior"]
+
+
+def select_t(table: pd.DataFrame, *, rule: SelectionRule = "farthest_within_tolerance", tolerance: float = 3.0,
              min_distance: float = 0.1, column: str = "heldout_accuracy") -> float:
     """Pick t from a defender-side table (columns ``t`` and ``column``) without any test data.
 
@@ -306,8 +326,8 @@ def select_t(table: pd.DataFrame, *, rule: str = "farthest_within_tolerance", to
     * ``"best_interior"``: the most accurate candidate with ``min(t, 1 − t) >= min_distance`` (ties go to the
       one farther from the endpoints).
     """
-    if rule not in SELECTION_RULES:
-        raise ValueError(f"unknown selection rule {rule!r}; choose one of {SELECTION_RULES}")
+    if rule not in RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; choose one of {RULES}")
     if table.empty or "t" not in table or column not in table:
         raise ValueError(f"the selection table needs columns 't' and {column!r} and at least one row")
     distance = table["t"].map(lambda t: round(min(t, 1.0 - t), 9))  # 0.2 and 0.8 are equally far
@@ -324,83 +344,246 @@ def select_t(table: pd.DataFrame, *, rule: str = "farthest_within_tolerance", to
     return float(table.loc[best, "t"])
 
 
-def default_ts(n: int = 11) -> list[float]:
+def default_ts(n: int = 11) -> tuple[float, ...]:
     """``n`` evenly spaced t from 0 to 1, as exact decimals (0.1, not float32's 0.10000000149)."""
     if n < 2:
         raise ValueError(f"a grid of t needs at least the two endpoints, got n = {n}")
-    return [round(i / (n - 1), 12) for i in range(n)]
+    return tuple(round(i / (n - 1), 12) for i in range(n))
 
 
-def train_path(a: nn.Module, b: nn.Module, data: LabeledImages, *, kind: curves.CurveKind = "bezier",
-               n_bends: int = 1, steps: int = 1000,
-               sgd: SGDConfig = SGDConfig(lr=0.03, weight_decay=5e-4, schedule="cosine"), batch_size: int = 128,
+@dataclass(frozen=True)
+class PathTraining:
+    """How a repair path is trained on the bonafide data: the curve, the budget in SGD steps (the same for every
+    data-set size, as the reference code's tiling did), and the explicit L2 penalty on w(t)."""
+
+    kind: curves.CurveKind = "bezier"
+    n_bends: int = 1
+    steps: int = 500
+    batch_size: int = 64
+    lr: float = 0.3
+    weight_decay: float = 1e-2
+    schedule: Schedule = "cosine"
+    augment: bool = False  # random 2-pixel shifts and horizontal flips of the bonafide images
+
+    def __post_init__(self) -> None:
+        if self.kind not in curves.CURVE_KINDS:
+            raise ValueError(f"kind must be one of {curves.CURVE_KINDS}, got {self.kind!r}")
+        if self.n_bends < 1 or self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"n_bends, steps and batch_size must be positive, got {self.n_bends}, {self.steps}, "
+                             f"{self.batch_size}")
+        SGDConfig(lr=self.lr, weight_decay=self.weight_decay, schedule=self.schedule)  # checks the values
+
+    @property
+    def sgd(self) -> SGDConfig:
+        return SGDConfig(lr=self.lr, weight_decay=self.weight_decay, schedule=self.schedule)
+
+
+@dataclass(frozen=True)
+class TSelection:
+    """How the defender picks t without test data or the trigger.
+
+    ``folds >= 2``: k-fold cross-validation on the bonafide set (the paper used five folds): each fold trains a
+    path on the other folds and scores every candidate t on its own fold; the scores are pooled over all N
+    images; the final path is then trained on all N images, so the repair sees exactly the data the baselines
+    see. ``folds = 0``: a single held-out slice (``holdout_fraction``) scores the candidates and the path is
+    trained on the rest. Either way :func:`select_t` applies ``rule`` with ``tolerance`` (points of accuracy).
+    """
+
+    folds: int = 5
+    holdout_fraction: float = 0.2
+    ts: tuple[float, ...] = default_ts(11)
+    rule: SelectionRule = "farthest_within_tolerance"
+    tolerance: float = 3.0
+    min_distance: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.folds == 1 or self.folds < 0:
+            raise ValueError(f"folds must be 0 (one held-out slice) or at least 2, got {self.folds}")
+        if self.folds == 0 and not 0 < self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if self.rule not in RULES:
+            raise ValueError(f"unknown selection rule {self.rule!r}; choose one of {RULES}")
+        if len(self.ts) < 2 or any(not 0 <= t <= 1 for t in self.ts):
+            raise ValueError(f"ts must hold at least two values in [0, 1], got {self.ts}")
+        if not self.tolerance >= 0:
+            raise ValueError(f"tolerance is in points of accuracy and must be >= 0, got {self.tolerance}")
+
+
+def train_path(a: nn.Module, b: nn.Module, data: LabeledImages, *, training: PathTraining = PathTraining(),
                seed: int = 0, loss_fn: LossFn = cross_entropy_loss, cache: bool = False) -> curves.Curve:
-    """A curve between ``a`` and ``b`` trained on ``data`` for ``steps`` steps (see
-    :func:`mcar_lib.curves.fit_curve`); with ``cache=True`` through the checkpoint cache, keyed by every input."""
+    """A curve between ``a`` and ``b`` trained on ``data`` (see :func:`mcar_lib.curves.fit_curve`); with
+    ``cache=True`` through the checkpoint cache, keyed by every input."""
     check_same_architecture(a, b)
     _check_bonafide(data)
 
     def train_curve(curve: nn.Module) -> nn.Module:
-        trained, _ = curves.fit_curve(curve, StepBatches(data, batch_size, steps, seed=seed),  # type: ignore[arg-type]
-                                      steps=steps, sgd=sgd, loss_fn=loss_fn, seed=seed, show_progress=False)
+        batches_: Iterable = StepBatches(data, training.batch_size, training.steps, seed=seed)
+        if training.augment:
+            batches_ = Augmented(batches_, seed=seed)
+        trained, _ = curves.fit_curve(curve, batches_, steps=training.steps, sgd=training.sgd,  # type: ignore[arg-type]
+                                      loss_fn=loss_fn, seed=seed, show_progress=False)
         return trained
 
-    key = {"name": f"path-{kind}-{n_bends}", "a": a, "b": b, "data": data, "steps": steps, "sgd": sgd,
-           "batch_size": batch_size, "seed": seed, "loss_fn": loss_fn}
-    return _trained(cache, key, lambda: curves.Curve.between(a, b, kind=kind, n_bends=n_bends),  # type: ignore[return-value]
-                    train_curve)
+    key = {"name": f"path-{training.kind}-{training.n_bends}", "a": a, "b": b, "data": data, "training": training,
+           "seed": seed, "loss_fn": loss_fn}
+    build = lambda: curves.Curve.between(a, b, kind=training.kind, n_bends=training.n_bends)  # noqa: E731
+    return _trained(cache, key, build, train_curve)  # type: ignore[return-value]
 
 
 def heldout_table(curve: curves.Curve, held: LabeledImages, bn_data: LabeledImages,
                   ts: Sequence[float]) -> pd.DataFrame:
-    """Held-out accuracy (%) and loss (nats) of the curve's model at each t (BN statistics from ``bn_data``):
-    the defender's only view of the path."""
+    """Held-out accuracy (%), loss (nats) and number of images of the curve's model at each t (BN statistics
+    from ``bn_data``): the defender's only view of the path."""
     rows = []
     for t in ts:
         result = evaluate(curve.at(float(t), bn_data=bn_data), batches(held, 512))
-        rows.append({"t": float(t), "heldout_accuracy": result["accuracy"], "heldout_loss": result["loss"]})
+        rows.append({"t": float(t), "heldout_accuracy": result["accuracy"], "heldout_loss": result["loss"],
+                     "n": len(held)})
     return pd.DataFrame(rows)
 
 
-def path_repair(a: nn.Module, b: nn.Module, bonafide: LabeledImages, *, kind: curves.CurveKind = "bezier",
-                n_bends: int = 1, steps: int = 1000,
-                sgd: SGDConfig = SGDConfig(lr=0.03, weight_decay=5e-4, schedule="cosine"),
-                batch_size: int = 128, holdout_fraction: float = 0.2, ts: Sequence[float] | None = None,
-                select: str = "farthest_within_tolerance", tolerance: float = 2.0, min_distance: float = 0.1,
-                seed: int = 0, loss_fn: LossFn = cross_entropy_loss, cache: bool = False) -> RepairResult:
-    """Repair by path connection (Zhao et al. 2020): train a curve between ``a`` and ``b`` on bonafide data,
-    then return the model at a t chosen on a held-out slice of the bonafide data (see :func:`select_t`).
+#: The second endpoint of a path: a model, or a function that makes it from the data it may see (the one-model
+#: variant fine-tunes the tampered model on exactly the data the path is trained on).
+SecondEndpoint = nn.Module | Callable[[LabeledImages], nn.Module]
 
-    ``a`` and ``b`` are two tampered models, or a tampered model and its fine-tuned copy (see
-    :func:`one_model_endpoints`). A ``holdout_fraction`` of the bonafide set is kept aside for choosing t;
-    the curve is trained, and batch-norm statistics at each t are recomputed, on the rest. The endpoints stay
-    fixed; only the bend(s) are trained. The returned ``table`` has, per candidate t, the held-out accuracy
-    and loss the choice was based on. With ``cache=True`` the trained curve goes through the checkpoint
-    cache (see :func:`train_path`).
+
+def _endpoint(b: SecondEndpoint, data: LabeledImages) -> nn.Module:
+    return b if isinstance(b, nn.Module) else b(data)
+
+
+def cross_validated_table(a: nn.Module, b: SecondEndpoint, bonafide: LabeledImages, *, folds: int = 5,
+                          ts: Sequence[float] = default_ts(11), training: PathTraining = PathTraining(),
+                          seed: int = 0, loss_fn: LossFn = cross_entropy_loss, cache: bool = False) -> pd.DataFrame:
+    """k-fold cross-validated accuracy of every candidate t: one path per fold, trained on the other folds and
+    scored on its own (BN statistics from its training folds). Columns: ``t``, ``heldout_accuracy`` (correct
+    answers pooled over all N images, %), ``heldout_loss`` (nats), ``fold_sd`` (standard deviation of the
+    folds' accuracies, points)."""
+    tables = []
+    for i, (rest, held) in enumerate(data_folds(bonafide, folds, seed=seed)):
+        curve = train_path(a, _endpoint(b, rest), rest, training=training, seed=seed + i, loss_fn=loss_fn, cache=cache)
+        tables.append(heldout_table(curve, held, rest, ts).assign(fold=i))
+    every = pd.concat(tables, ignore_index=True)
+    every["correct"] = every["heldout_accuracy"] * every["n"] / 100.0
+    every["loss_sum"] = every["heldout_loss"] * every["n"]
+    pooled = every.groupby("t", sort=True).agg(correct=("correct", "sum"), loss_sum=("loss_sum", "sum"),
+                                                n=("n", "sum"), fold_sd=("heldout_accuracy", "std"))
+    return pd.DataFrame({"t": pooled.index.to_numpy(dtype=float),
+                         "heldout_accuracy": (100.0 * pooled["correct"] / pooled["n"]).to_numpy(),
+                         "heldout_loss": (pooled["loss_sum"] / pooled["n"]).to_numpy(),
+                         "fold_sd": pooled["fold_sd"].to_numpy()})
+
+
+def path_repair(a: nn.Module, b: SecondEndpoint, bonafide: LabeledImages, *, training: PathTraining = PathTraining(),
+                selection: TSelection = TSelection(), seed: int = 0, loss_fn: LossFn = cross_entropy_loss,
+                cache: bool = False) -> RepairResult:
+    """Repair by path connection (Zhao et al. 2020): train a curve between ``a`` and ``b`` on bonafide data and
+    return its model at a t chosen without test data or the trigger (:class:`TSelection`).
+
+    ``a`` and ``b`` are two tampered models; or ``b`` makes the second endpoint from the data it may see (the
+    one-model variant: :func:`finetuned_endpoint`), so that in cross-validation no fold is scored by an endpoint
+    that was fine-tuned on it. Only the bend(s) are trained; batch-norm statistics of the returned model
+    come from the data the final path was trained on. The returned ``table`` holds, per candidate t, the
+    defender-side accuracy the choice was based on; ``curve`` gives the model at any other t.
     """
+    check_has_parameters(a, "endpoint a")
+    if isinstance(b, nn.Module):
+        check_has_parameters(b, "endpoint b")
     _check_bonafide(bonafide)
-    rest, held = split_off(bonafide, holdout_fraction, seed=seed)
-    trained = train_path(a, b, rest, kind=kind, n_bends=n_bends, steps=steps, sgd=sgd, batch_size=batch_size,
-                         seed=seed, loss_fn=loss_fn, cache=cache)
-    grid = [float(t) for t in (ts if ts is not None else default_ts(11))]
-    table = heldout_table(trained, held, rest, grid)
-    t_star = select_t(table, rule=select, tolerance=tolerance, min_distance=min_distance)
-    model = trained.at(t_star, bn_data=rest)
-    return RepairResult(model, f"path repair ({kind})", t=t_star, table=table, curve=trained, bn_data=rest,
-                        details={"steps": steps, "rule": select, "tolerance": tolerance, "n_train": len(rest),
-                                 "n_heldout": len(held)})
+    if selection.folds:
+        table = cross_validated_table(a, b, bonafide, folds=selection.folds, ts=selection.ts, training=training,
+                                      seed=seed, loss_fn=loss_fn, cache=cache)
+        train_data = bonafide
+    else:
+        train_data, held = split_off(bonafide, selection.holdout_fraction, seed=seed)
+    end = _endpoint(b, train_data)
+    trained = train_path(a, end, train_data, training=training, seed=seed, loss_fn=loss_fn, cache=cache)
+    if not selection.folds:
+        table = heldout_table(trained, held, train_data, selection.ts)
+    t_star = select_t(table, rule=selection.rule, tolerance=selection.tolerance, min_distance=selection.min_distance)
+    model = trained.at(t_star, bn_data=train_data)
+    return RepairResult(model, f"path repair ({training.kind})", t=t_star, table=table, curve=trained,
+                        bn_data=train_data,
+                        details={"training": training, "selection": selection, "n_train": len(train_data),
+                                 "endpoint_b": end})
 
 
-def one_model_endpoints(tampered: nn.Module, bonafide: LabeledImages, *, steps: int,
-                        sgd: SGDConfig = SGDConfig(lr=0.01), batch_size: int = 128, holdout_fraction: float = 0.2,
-                        seed: int = 0, cache: bool = False) -> tuple[nn.Module, nn.Module]:
-    """The one-tampered-model variant's endpoints: ``(tampered, tampered fine-tuned on bonafide data)``.
+def finetuned_endpoint(tampered: nn.Module, *, steps: int, sgd: SGDConfig = SGDConfig(lr=0.01),
+                       batch_size: int = 128, seed: int = 0, cache: bool = False) -> Callable[[LabeledImages], nn.Module]:
+    """The one-tampered-model variant's second endpoint: ``tampered`` fine-tuned (gently, by default) on the
+    data it is given. Pass it as ``b`` to :func:`path_repair`: each cross-validation fold, and the final path,
+    gets an endpoint fine-tuned on its own training data only."""
 
-    Pass them to :func:`path_repair` with the same ``bonafide``, ``holdout_fraction`` and ``seed``: the copy is
-    fine-tuned only on the part of the bonafide set that the path is trained on, so the held-out slice that
-    chooses t stays unseen by both endpoints (otherwise the fine-tuned end would look better than it is and
-    the rule would drift towards it).
+    def make(data: LabeledImages) -> nn.Module:
+        return finetune(tampered, data, steps=steps, sgd=sgd, batch_size=batch_size, seed=seed, cache=cache).model
+
+    return make
+
+
+# ------------------------------------------------------------------------------------- one call for users
+
+@dataclass(frozen=True)
+class RepairReport:
+    """What :func:`repair` did, in the defender's own terms (no test data, no trigger).
+
+    ``t`` is the chosen point of the path; ``accuracy_at_t`` its cross-validated accuracy on the bonafide data
+    (%); ``endpoint_accuracy`` the better endpoint's (%); ``cost`` the difference (points of accuracy given up
+    to move away from the tampered models, as estimated on the bonafide data); ``table`` the estimate for every
+    candidate t; ``second_endpoint`` says where the other end of the path came from.
     """
-    rest, _ = split_off(bonafide, holdout_fraction, seed=seed)
-    tuned = finetune(tampered, rest, steps=steps, sgd=sgd, batch_size=batch_size, seed=seed, cache=cache).model
-    return tampered, tuned
+
+    t: float
+    accuracy_at_t: float
+    endpoint_accuracy: float
+    cost: float
+    n_bonafide: int
+    second_endpoint: str
+    table: pd.DataFrame
+
+    def __str__(self) -> str:
+        return (f"path repair: t = {self.t:g}, cross-validated accuracy {self.accuracy_at_t:.1f} % (endpoints "
+                f"{self.endpoint_accuracy:.1f} %, cost {self.cost:.1f} points) on {self.n_bonafide} bonafide images; "
+                f"second endpoint: {self.second_endpoint}")
+
+
+def repair(tampered: nn.Module | Sequence[nn.Module], bonafide: LabeledImages, *,
+           training: PathTraining = PathTraining(), selection: TSelection = TSelection(),
+           second_endpoint_steps: int = 500, seed: int = 0, cache: bool = False) -> tuple[nn.Module, RepairReport]:
+    """Repair one or two tampered models with a little clean data; return ``(repaired_model, report)``.
+
+    ``tampered`` is a model, or a pair of models of the same architecture (any ``nn.Module``: a torchvision ResNet,
+    the book's CNNs, ...), in eval mode on the device to use. ``bonafide`` holds clean, correctly labelled
+    images in [0, 1] (N×C×H×W) with their labels: ``mcar_lib.data.LabeledImages(x, y)``, or
+    :func:`mcar_lib.data.from_dataset` of a torchvision data set such as ``ImageFolder(root, transform=ToTensor())``.
+    With one model the second endpoint is a copy fine-tuned gently on the bonafide data (the paper's
+    one-model variant). A path between the two is trained on the bonafide data (:class:`PathTraining`), and the
+    point t is chosen by cross-validation on the same data (:class:`TSelection`): the farthest t from both
+    tampered models whose accuracy stays within ``selection.tolerance`` points of the best. The defaults are the
+    book's settings. Nothing given is modified.
+    """
+    models_ = [tampered] if isinstance(tampered, nn.Module) else list(tampered)
+    if len(models_) not in (1, 2):
+        raise ValueError(f"repair takes one or two tampered models, got {len(models_)}")
+    for i, model in enumerate(models_):
+        check_has_parameters(model, f"tampered model {i + 1}")
+        check_finite_weights(model, f"tampered model {i + 1}")
+    _check_bonafide(bonafide)
+    b: SecondEndpoint
+    if len(models_) == 2:
+        check_same_architecture(models_[0], models_[1], labels=("1", "2"))
+        a, b = models_
+        second = "the second tampered model"
+    else:
+        a = models_[0]
+        b = finetuned_endpoint(a, steps=second_endpoint_steps, sgd=SGDConfig(lr=0.01, weight_decay=5e-4),
+                               batch_size=training.batch_size, seed=seed, cache=cache)
+        second = f"the tampered model fine-tuned for {second_endpoint_steps} steps on the bonafide data"
+    result = path_repair(a, b, bonafide, training=training, selection=selection, seed=seed, cache=cache)
+    table = result.table
+    assert table is not None and result.t is not None
+    column = table.set_index("t")["heldout_accuracy"]
+    ends = float(column[[t for t in column.index if t in (0.0, 1.0)]].max()) if {0.0, 1.0} & set(column.index) \
+        else float(column.max())
+    at_t = float(column[result.t])
+    report = RepairReport(t=result.t, accuracy_at_t=at_t, endpoint_accuracy=ends, cost=ends - at_t,
+                          n_bonafide=len(bonafide), second_endpoint=second, table=table)
+    return result.model, report

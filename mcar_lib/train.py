@@ -147,6 +147,8 @@ class SGDConfig:
             raise ValueError(f"lr must be a finite non-negative learning rate, got {self.lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be finite and non-negative, got {self.weight_decay}")
+        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
 
@@ -246,6 +248,7 @@ def fit(model: nn.Module, data: Iterable[tuple[Tensor, Tensor]], *, epochs: int 
         history.append(**row)
         if steps is not None and step >= steps:
             break
+    check_finite_weights(net, "the trained model (its last update overflowed: lower the learning rate)")
     return net.eval(), history
 
 
