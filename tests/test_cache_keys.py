@@ -92,11 +92,19 @@ def split_with(splits: Splits, **changes: LabeledImages) -> Splits:
 CFG, SPLITS = tiny_profile(), synthetic_splits()
 
 
+def caller(function: Callable[..., Any], **defaults: Any) -> Callable[..., Call]:
+    """``call(cfg, splits, **changes)``: a zero-argument call of ``function(cfg, splits, **defaults)`` with
+    ``changes`` applied (the profile and the splits default to the tiny ones)."""
+    def call(cfg: Profile = CFG, splits: Splits = SPLITS, **changes: Any) -> Call:
+        return lambda: function(cfg, splits, **{**defaults, **changes})
+
+    return call
+
+
 # ---------------------------------------------------------------------------------------------- endpoints
 
 def test_trained_model(keys) -> None:
-    def call(cfg: Profile = CFG, splits: Splits = SPLITS, **kw: Any) -> Call:
-        return lambda: recipes.trained_model(cfg, splits, **{"seed": 0, "device": "cpu", **kw})
+    call = caller(recipes.trained_model, seed=0, device="cpu")
 
     check(keys, call(), {
         "the seed": call(seed=1),
@@ -114,8 +122,7 @@ def test_trained_model(keys) -> None:
 
 
 def test_adversarial_model(keys) -> None:
-    def call(cfg: Profile = CFG, splits: Splits = SPLITS, **kw: Any) -> Call:
-        return lambda: recipes.adversarial_model(cfg, splits, **{"seed": 0, "device": "cpu", **kw})
+    call = caller(recipes.adversarial_model, seed=0, device="cpu")
 
     pgd_cfg = section(CFG, "robustness", at_method="pgd")
     check(keys, call(), {
@@ -138,18 +145,13 @@ def test_adversarial_model(keys) -> None:
 
 def test_connectivity_curve(keys) -> None:
     a, b, other = (small_cnn(s, width=4, classes=10, size=28) for s in (0, 1, 2))
-
-    def call(cfg: Profile = CFG, splits: Splits = SPLITS, ends: tuple[nn.Module, nn.Module] = (a, b),
-             **kw: Any) -> Call:
-        return lambda: recipes.connectivity_curve(cfg, splits, *ends, **{"kind": "bezier", "seed": 0,
-                                                                          "show_progress": False, **kw})
-
+    call = caller(recipes.connectivity_curve, a=a, b=b, kind="bezier", seed=0, show_progress=False)
     changed_a = small_cnn(0, width=4, classes=10, size=28)
     with torch.no_grad():
         changed_a.fc.bias[0] += 1e-3
     check(keys, call(), {
-        "endpoint a": call(ends=(other, b)), "endpoint b": call(ends=(a, other)),
-        "one weight of a": call(ends=(changed_a, b)), "the order of the endpoints": call(ends=(b, a)),
+        "endpoint a": call(a=other), "endpoint b": call(b=other),
+        "one weight of a": call(a=changed_a), "the order of the endpoints": call(a=b, b=a),
         "the kind": call(kind="polychain"), "the seed": call(seed=1),
         "n_bends": call(section(CFG, "", n_bends=2)),
         "the training images": call(splits=split_with(SPLITS, train=nudged(SPLITS.train))),
@@ -162,9 +164,7 @@ def test_connectivity_curve(keys) -> None:
 
 
 def test_robust_pair_curve(keys) -> None:
-    def call(cfg: Profile = CFG, splits: Splits = SPLITS, **kw: Any) -> Call:
-        return lambda: recipes.robust_pair_curve(cfg, splits, **{"pair": "regular-adversarial", "loss": "standard",
-                                                                 "seed": 0, "device": "cpu", **kw})
+    call = caller(recipes.robust_pair_curve, pair="regular-adversarial", loss="standard", seed=0, device="cpu")
 
     robust = {"loss": "robust"}
     check(keys, call(), {
@@ -203,24 +203,15 @@ def measurement_variations(call: Callable[..., Call]) -> dict[str, Call]:
     }
 
 
-def test_path_table(keys) -> None:
-    def call(cfg: Profile = CFG, splits: Splits = SPLITS, **kw: Any) -> Call:
-        return lambda: recipes.path_table(cfg, splits, **{"pair": "regular-adversarial", "loss": "standard",
-                                                          "seed": 0, "device": "cpu", **kw})
-
+@pytest.mark.parametrize("function, size_field, upstream_field", [
+    (recipes.path_table, {"n_points": 5}, {"curve_steps": 3}),
+    (recipes.path_ensemble, {"ensemble_size": 3}, {"curve_lr": 0.1}),
+], ids=["path_table", "path_ensemble"])
+def test_path_table_and_path_ensemble(keys, function: Callable[..., Any], size_field: dict, upstream_field: dict) -> None:
+    call = caller(function, pair="regular-adversarial", loss="standard", seed=0, device="cpu")
     check(keys, call(), {**measurement_variations(call),
-                         "robustness.n_points": call(section(CFG, "robustness", n_points=5))},
-          upstream={"robustness.curve_steps": call(section(CFG, "robustness", curve_steps=3))})
-
-
-def test_path_ensemble(keys) -> None:
-    def call(cfg: Profile = CFG, splits: Splits = SPLITS, **kw: Any) -> Call:
-        return lambda: recipes.path_ensemble(cfg, splits, **{"pair": "regular-adversarial", "loss": "standard",
-                                                             "seed": 0, "device": "cpu", **kw})
-
-    check(keys, call(), {**measurement_variations(call),
-                         "robustness.ensemble_size": call(section(CFG, "robustness", ensemble_size=3))},
-          upstream={"robustness.curve_lr": call(section(CFG, "robustness", curve_lr=0.1))})
+                         f"robustness.{next(iter(size_field))}": call(section(CFG, "robustness", **size_field))},
+          upstream={f"robustness.{next(iter(upstream_field))}": call(section(CFG, "robustness", **upstream_field))})
 
 
 # -------------------------------------------------------------------------------------------- faults
@@ -250,9 +241,7 @@ def test_injected_model(keys) -> None:
 # -------------------------------------------------------------------------------------- flatness and AWP
 
 def test_adversarially_trained(keys) -> None:
-    def call(cfg: Profile = CFG, splits: Splits = SPLITS, **kw: Any) -> Call:
-        return lambda: recipes.adversarially_trained(cfg, splits, **{"method": "AWP", "seed": 0, "device": "cpu",
-                                                                      **kw})
+    call = caller(recipes.adversarially_trained, method="AWP", seed=0, device="cpu")
 
     fs = "flatness"
     check(keys, call(), {
@@ -277,8 +266,7 @@ def measured_model(seed: int = 0) -> nn.Module:
 
 
 def test_flatness_measures(keys) -> None:
-    def call(cfg: Profile = CFG, splits: Splits = SPLITS, **kw: Any) -> Call:
-        return lambda: recipes.flatness_measures(cfg, splits, **{"model": measured_model(), "seed": 0, **kw})
+    call = caller(recipes.flatness_measures, model=measured_model(), seed=0)
 
     check(keys, call(), {
         "the model": call(model=measured_model(1)), "the seed": call(seed=1),
@@ -302,8 +290,7 @@ def test_flatness_measures_key_includes_the_evaluation_batch_size(keys) -> None:
 
 
 def test_robust_loss_curve(keys) -> None:
-    def call(cfg: Profile = CFG, splits: Splits = SPLITS, **kw: Any) -> Call:
-        return lambda: recipes.robust_loss_curve(cfg, splits, **{"model": measured_model(), "seed": 0, **kw})
+    call = caller(recipes.robust_loss_curve, model=measured_model(), seed=0)
 
     check(keys, call(), {
         "the model": call(model=measured_model(1)), "the seed": call(seed=1),
@@ -316,8 +303,7 @@ def test_robust_loss_curve(keys) -> None:
 
 
 def test_path_flatness(keys) -> None:
-    def call(cfg: Profile = CFG, splits: Splits = SPLITS, **kw: Any) -> Call:
-        return lambda: recipes.path_flatness(cfg, splits, **{"seed": 0, "device": "cpu", **kw})
+    call = caller(recipes.path_flatness, seed=0, device="cpu")
 
     check(keys, call(), {
         "the seed": call(seed=1),
