@@ -299,3 +299,192 @@ def format_differences(differences: Iterable[GlueDifference]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------- results of the seeds sweep (appendix 91)
+
+
+def release_raw_url(path: str) -> str | None:
+    """The address of a repository file at this library's release tag ``v{version}``, or None if unknown.
+
+    Built from the installed package's metadata (pyproject's ``[project.urls] Repository`` and ``version``), so
+    that a notebook opened alone (Colab) reads the files of the release it installed, and the address is
+    written down in one place only.
+    """
+    from importlib import metadata
+
+    try:
+        meta = metadata.metadata("mcar-lib")
+    except metadata.PackageNotFoundError:
+        return None
+    for entry in meta.get_all("Project-URL") or []:
+        label, _, url = entry.partition(",")
+        url = url.strip().rstrip("/")
+        if label.strip() == "Repository" and url.startswith("https://github.com/"):
+            return f"{url.replace('https://github.com/', 'https://raw.githubusercontent.com/')}/v{meta['Version']}/{path}"
+    return None
+
+
+def find_repository_file(local: str | Path, path: str, *, checkout_marker: str | Path = "../_toc.yml",
+                         timeout: float = 15.0) -> tuple[str | None, str]:
+    """The text of a repository file and where it came from, or ``(None, why it is missing)``; never raises.
+
+    ``local`` is tried first (relative to the working directory: chapters run in ``book/``). Only when the
+    notebook is not inside a checkout (``checkout_marker`` missing: opened alone, as on Colab) is ``path``
+    downloaded from the release (:func:`release_raw_url`); in a checkout a missing file is reported as missing,
+    with no silent substitute from elsewhere.
+    """
+    local = Path(local)
+    if local.is_file():
+        return local.read_text(encoding="utf-8"), str(local)
+    if Path(checkout_marker).exists():
+        return None, f"{local} does not exist in this checkout"
+    url = release_raw_url(path)
+    if url is None:
+        return None, f"{local} does not exist, and the repository's address is unknown (mcar-lib is not installed)"
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (a fixed https address)
+            return response.read().decode("utf-8"), url
+    except urllib.error.HTTPError as err:
+        return None, f"{local} does not exist, and {url} answered {err.code} ({err.reason})"
+    except (urllib.error.URLError, OSError) as err:
+        return None, f"{local} does not exist, and {url} could not be read ({err})"
+
+
+def sweep_runs(documents: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The runs of several sweep files (``scripts/chapters.py sweep``), one per (chapter, seed, device, profile);
+    a later document wins."""
+    runs: dict[tuple, dict[str, Any]] = {}
+    for doc in documents:
+        for run in doc.get("runs", []):
+            runs[(run["chapter"], run["seed"], run["device"], run["profile"])] = dict(run)
+    return sorted(runs.values(), key=lambda r: (r["chapter"], r["device"], r["seed"]))
+
+
+def _columns(runs: list[dict[str, Any]]) -> tuple[list[str], Callable[[dict[str, Any]], Any]]:
+    devices = sorted({r["device"] for r in runs})
+    if len(devices) > 1:
+        return devices, lambda r: (r["device"], r["seed"])
+    return devices, lambda r: r["seed"]
+
+
+def claims_overview(runs: list[dict[str, Any]]):
+    """Chapter × seed (× device, when there are several) table of ``✓`` (every claim held) or ``✗ k`` (k claims
+    failed, or ``✗ stopped`` when the chapter stopped before its claims)."""
+    import pandas as pd
+
+    _, column = _columns(runs)
+
+    def cell(run: dict[str, Any]) -> str:
+        if run["passed"]:
+            return "✓"
+        failed = run.get("failed_claims", [])
+        if any(c.startswith("the chapter stopped") for c in failed):
+            return "✗ stopped"
+        return f"✗ {len(failed)}"
+
+    table = pd.DataFrame([{"chapter": r["chapter"], "column": column(r), "cell": cell(r)} for r in runs])
+    if table.empty:
+        return table
+    wide = table.pivot(index="chapter", columns="column", values="cell").fillna("")
+    if isinstance(wide.columns[0], tuple):
+        wide.columns = pd.MultiIndex.from_tuples(wide.columns, names=["device", "seed"])
+    else:
+        wide.columns.name = "seed"
+    return wide
+
+
+def failed_claims_table(runs: list[dict[str, Any]]):
+    """One row per failed claim of any run: chapter, device, seed, claim (with its measured value)."""
+    import pandas as pd
+
+    rows = [{"chapter": r["chapter"], "device": r["device"], "seed": r["seed"], "failed claim": claim}
+            for r in runs for claim in r.get("failed_claims", [])]
+    return pd.DataFrame(rows, columns=["chapter", "device", "seed", "failed claim"])
+
+
+def _is_number(value: Any) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def value_spread(runs: list[dict[str, Any]], chapter: str, *, flag_above: float = 0.1):
+    """Mean, standard deviation (over seeds, ddof 1), min and max of each numeric glued value of ``chapter``, per
+    device; ``spread`` is the standard deviation relative to ``|mean|`` and ``large`` flags a spread above
+    ``flag_above``. Values identical for every seed (settings, sizes) have std 0; callers usually hide them."""
+    import math
+
+    import pandas as pd
+
+    rows = []
+    for device in sorted({r["device"] for r in runs if r["chapter"] == chapter}):
+        chosen = [r for r in runs if r["chapter"] == chapter and r["device"] == device]
+        names: dict[str, None] = {}
+        for r in chosen:
+            names.update(dict.fromkeys(r.get("values", {})))
+        for name in names:
+            values = [float(r["values"][name]) for r in chosen if _is_number(r.get("values", {}).get(name))]
+            if not values:
+                continue
+            series = pd.Series(values)
+            mean, std = float(series.mean()), float(series.std(ddof=1)) if len(values) > 1 else 0.0
+            spread = std / abs(mean) if mean else (math.inf if std else 0.0)
+            rows.append({"value": name, "device": device, "mean": mean, "std": std, "min": float(series.min()),
+                         "max": float(series.max()), "seeds": len(values), "spread": spread,
+                         "large": spread > flag_above})
+    columns = ["value", "device", "mean", "std", "min", "max", "seeds", "spread", "large"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def varying_text_values(runs: list[dict[str, Any]], chapter: str) -> dict[str, list[str]]:
+    """Glued values of ``chapter`` that are not numbers and differ between runs: ``{name: distinct values}``."""
+    seen: dict[str, list[str]] = {}
+    for r in runs:
+        if r["chapter"] != chapter:
+            continue
+        for name, value in r.get("values", {}).items():
+            if not _is_number(value):
+                seen.setdefault(name, [])
+                if str(value) not in seen[name]:
+                    seen[name].append(str(value))
+    return {name: values for name, values in seen.items() if len(values) > 1}
+
+
+def load_sweep_files(results: str | Path, path: str = "benchmarks/robustness.json") -> tuple[list[dict], list[str]]:
+    """The sweep file ``results`` and the other devices' files beside it (``device-*.json``, same format), as
+    parsed documents, with one line per file saying where it was read from or why it is missing; never raises.
+
+    Opened alone (Colab), the files come from the release (:func:`find_repository_file`); there the only other
+    device looked for is ``device-cuda.json``, since a remote folder cannot be listed.
+    """
+    documents: list[dict] = []
+    notes: list[str] = []
+
+    def add(local: str | Path, name: str, *, required: bool) -> str | None:
+        text, source = find_repository_file(local, name)
+        if text is None:
+            if required:
+                notes.append(f"no sweep results: {source}")
+            return None
+        try:
+            documents.append(json.loads(text))
+        except json.JSONDecodeError as err:
+            notes.append(f"{source} is not valid JSON ({err}); left out")
+            return None
+        notes.append(f"read {source}")
+        return source
+
+    source = add(results, path, required=True)
+    if source is None:
+        return documents, notes
+    folder = str(Path(path).parent)
+    if source.startswith("https://"):
+        add(Path(results).parent / "device-cuda.json", f"{folder}/device-cuda.json", required=False)
+    else:
+        for extra in sorted(Path(results).parent.glob("device-*.json")):
+            add(extra, f"{folder}/{extra.name}", required=False)
+    return documents, notes

@@ -16,8 +16,13 @@ How it is built, and why:
   any pair of ``nn.Module``s with identical parameter names and shapes works (torchvision models included),
   and the user's models are never touched.
 * All parameters of a control point live in one flat vector: the endpoints as buffers (fixed), the bends as
-  one trainable ``(n, D)`` parameter initialised on the straight line. Forming :math:`w(t)` is then three
-  vector operations, so a curve training step costs about what a plain training step costs.
+  one trainable ``(n, D)`` parameter initialised on the straight line. :math:`w(t)` is formed **per parameter
+  tensor** from views of these vectors: the fixed part :math:`c_0 w_a + c_{n+1} w_b` without autograd, then the
+  bends' share, so each parameter costs one allocation of its own size and no full-size temporary is made (a
+  large network's flat vectors exceed the C allocator's mmap threshold, and full-size temporaries would be
+  mapped and unmapped again on every step). A training step forms :math:`w(t)` once and shares it between the
+  forward pass and the L2 penalty (:class:`CurveObjective`), so a curve training step costs about what a plain
+  training step costs.
 * **Batch norm.** Running statistics are not weights: the endpoints' statistics say nothing about the
   activations of the network at an interior t. At t = 0 and t = 1 the curve uses each endpoint's own buffers,
   so it reproduces the endpoints exactly; at an interior t the statistics are recomputed from data the
@@ -131,6 +136,44 @@ class _StatisticsCache:
         return _StatisticsCache()
 
 
+class _PointWeights(dict):
+    """:meth:`Curve.weights_at`'s answer: ``{name: w(t)}``, plus what :meth:`Curve.squared_norm_at` needs to send
+    the penalty's gradient to the bends on its own path (t, the coefficients, the bends' views, the flat pieces)."""
+
+    t: float
+    coefficients: list[float]
+    thetas: tuple[Tensor, ...]
+    flat_pieces: list[Tensor]
+
+
+class _SquaredNormThroughBends(torch.autograd.Function):
+    """:math:`\\|w\\|^2` of one parameter's :math:`w(t) = \\text{fixed} + \\sum_k c_k \\theta_k`, differentiated
+    straight into its bends ``theta`` (an ``(n, numel)`` view of the bends).
+
+    Why not ``w.square().sum()`` on the shared w: the bends' gradient would then be :math:`c_k (g_{loss} +
+    g_{pen})`, which rounds differently from :math:`c_k g_{loss} + c_k g_{pen}`, what the curve computed when it
+    formed :math:`w(t)` twice (once per term). The backward below is autograd's own for ``w.square()`` then
+    ``c_1 · θ`` (one bend) or ``addmv`` (several), element by element, so training reproduces those bends
+    bit for bit while :math:`w(t)` is formed once.
+    """
+
+    @staticmethod
+    def forward(ctx, theta: Tensor, w: Tensor, middle: list[float]) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(w)
+        ctx.middle = middle
+        return w.square().sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        (w,) = ctx.saved_tensors
+        grad_w = grad * (2.0 * w)  # pow's backward for w ** 2
+        if len(ctx.middle) == 1:
+            return (grad_w * ctx.middle[0]).view(1, -1), None, None  # c_1 · θ's backward
+        middle = torch.tensor(ctx.middle, dtype=w.dtype, device=w.device)
+        return grad_w.ger(middle).t(), None, None  # addmv's backward for the matrix θᵀ
+
+
 # ---------------------------------------------------------------------------------------------- Curve
 
 class Curve(nn.Module):
@@ -229,14 +272,9 @@ class Curve(nn.Module):
 
     def flat_weights_at(self, t: float | Tensor) -> Tensor:
         """:math:`w(t)` as one flat vector (parameters in ``named_parameters`` order), differentiable w.r.t.
-        the bends. At t = 0 and t = 1 it equals the endpoint exactly."""
-        c = coefficient_list(self.kind, t, self.n_bends)
-        w = torch.add(self.start * c[0], self.end, alpha=c[-1])
-        if self.n_bends == 1:
-            w = w + c[1] * self.bends[0]
-        elif self.n_bends > 1:
-            w = torch.addmv(w, self.bends.t(), torch.tensor(c[1:-1], dtype=w.dtype, device=w.device))
-        return w
+        the bends: the concatenation of :meth:`weights_at`, so the two agree exactly. At t = 0 and t = 1 it
+        equals the endpoint exactly. (For the curve's plane and path lengths; training never forms it.)"""
+        return torch.cat([w.reshape(-1) for w in self.weights_at(t).values()])
 
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         """Split a flat weight vector into named tensors of the architecture's shapes (views, no copy)."""
@@ -246,12 +284,53 @@ class Curve(nn.Module):
                 zip(self._names, torch.split(flat, self._numels), self._shapes)}
 
     def weights_at(self, t: float | Tensor) -> dict[str, Tensor]:
-        """:math:`w(t)` by parameter name, differentiable w.r.t. the bends (the endpoints get no gradient)."""
-        return self.unflatten(self.flat_weights_at(t))
+        """:math:`w(t)` by parameter name, differentiable w.r.t. the bends (the endpoints get no gradient).
 
-    def squared_norm_at(self, t: float | Tensor) -> Tensor:
-        """:math:`\\|w(t)\\|^2`, the quantity the paper's L2 regulariser penalises."""
-        return self.flat_weights_at(t).square().sum()
+        Formed per parameter from views of the flat control points, with the same operations, element by
+        element, as the flat formula :math:`c_0 w_a + c_{n+1} w_b + \\sum_k c_k \\theta_k`, so the values do not
+        depend on how the vector is cut: the fixed part without autograd, then one bend as ``+ c_1·θ`` or
+        several as one matrix-vector product. Each parameter's tensor is one allocation of its own size; the
+        gradient reaches the ``(n, D)`` bends through one split. Outside autocast: these are the master
+        weights, whatever precision the forward pass then runs in. Pass the result to :meth:`point` and
+        :meth:`squared_norm_at` to use one :math:`w(t)` for both.
+        """
+        t = check_t(t)
+        c = coefficient_list(self.kind, t, self.n_bends)
+        starts = torch.split(self.start, self._numels)
+        ends = torch.split(self.end, self._numels)
+        thetas: tuple[Tensor, ...] = ()
+        with torch.autocast(self.start.device.type, enabled=False):
+            with torch.no_grad():
+                pieces = [torch.mul(a, c[0]).add_(b, alpha=c[-1]) for a, b in zip(starts, ends)]
+            if self.n_bends > 0:
+                thetas = torch.split(self.bends, self._numels, dim=1)  # (n, numel) views
+            if self.n_bends == 1:
+                pieces = [w.add_(c[1] * theta.view(-1)) for w, theta in zip(pieces, thetas)]
+            elif self.n_bends > 1:
+                middle = torch.tensor(c[1:-1], dtype=self.start.dtype, device=self.start.device)
+                pieces = [w.addmv_(theta.t(), middle) for w, theta in zip(pieces, thetas)]
+        weights = _PointWeights({n: w.view(shape) for n, w, shape in zip(self._names, pieces, self._shapes)})
+        weights.t, weights.coefficients, weights.thetas, weights.flat_pieces = t, c, thetas, pieces
+        return weights
+
+    def squared_norm_at(self, t: float | Tensor, weights: dict[str, Tensor] | None = None) -> Tensor:
+        """:math:`\\|w(t)\\|^2`, the quantity the paper's L2 regulariser penalises (summed per parameter tensor).
+
+        ``weights``: ``curve.weights_at(t)`` formed by the caller (not formed again). The penalty's gradient
+        reaches the bends on its own path, as :math:`c_k \\cdot 2 w(t) g` per bend, and is added to the loss's
+        :math:`c_k g_{loss}` there, as when :math:`w(t)` was formed once for the loss and once for the penalty
+        (so training gives the same bends to the last bit).
+        """
+        t = check_t(t)
+        if weights is None:
+            weights = self.weights_at(t)
+        elif not isinstance(weights, _PointWeights) or weights.t != t or list(weights) != self._names:
+            raise ValueError(f"weights must be this curve's weights_at({t}) (formed by curve.weights_at(t))")
+        if not weights.thetas:
+            return torch.stack([w.square().sum() for w in weights.values()]).sum()
+        middle = weights.coefficients[1:-1]
+        return torch.stack([_SquaredNormThroughBends.apply(theta, w.detach(), middle)
+                            for theta, w in zip(weights.thetas, weights.flat_pieces)]).sum()
 
     # ---------------------------------------------------------------------------------- buffers at t
     def _other_buffers_at(self, t: float) -> dict[str, Tensor]:
@@ -292,13 +371,22 @@ class Curve(nn.Module):
         return self._scratch_buffers(t) if training else self._eval_buffers(t)
 
     # ---------------------------------------------------------------------------------------- forward
-    def point(self, t: float | Tensor) -> functional.FunctionalModel:
+    def point(self, t: float | Tensor, weights: dict[str, Tensor] | None = None) -> functional.FunctionalModel:
         """The network at fixed ``t`` as a module, differentiable w.r.t. the bends; its train/eval mode starts
         as the curve's (train mode: batch statistics, written to throw-away buffers; eval mode at an interior
-        t: statistics recomputed for that t). For loss functions and attacks during curve training."""
+        t: statistics recomputed for that t). For loss functions and attacks during curve training.
+
+        Without ``weights``, :math:`w(t)` is formed afresh on every forward pass (it follows the bends when they
+        change). With ``weights`` (``curve.weights_at(t)``, formed once by the caller) every forward pass uses
+        those: a training step shares one :math:`w(t)` between the loss, an attack's forward passes and the
+        L2 penalty.
+        """
         t = check_t(t)
-        view = functional.FunctionalModel(self.template, lambda: self.weights_at(t),
-                                          lambda training: self._buffers_at(t, training),
+        if weights is not None and (list(weights) != self._names or getattr(weights, "t", t) != t):
+            raise ValueError(f"weights must be curve.weights_at({t}) (one tensor per parameter, in the curve's "
+                             f"order, at this t); got names {list(weights)[:3]}... at t = {getattr(weights, 't', '?')}")
+        source = dict(weights) if weights is not None else (lambda: self.weights_at(t))
+        view = functional.FunctionalModel(self.template, source, lambda training: self._buffers_at(t, training),
                                           device=self.start.device, scratch_statistics=True)
         return view.train(self.training)
 
@@ -390,7 +478,11 @@ class CurveObjective:
         if not isinstance(curve, Curve):
             raise TypeError(f"CurveObjective trains a Curve, got {type(curve).__name__}")
         ts = torch.rand(self.ts_per_step, generator=self.generator, dtype=torch.float64).tolist()
-        terms = [self.loss_fn(curve.point(t), x, y) + 0.5 * self.weight_decay * curve.squared_norm_at(t) for t in ts]
+        terms = []
+        for t in ts:
+            weights = curve.weights_at(t)  # once per t: the loss (all its forward passes) and the penalty share it
+            loss = self.loss_fn(curve.point(t, weights), x, y)
+            terms.append(loss + 0.5 * self.weight_decay * curve.squared_norm_at(t, weights))
         return terms[0] if len(terms) == 1 else torch.stack(terms).mean()
 
 

@@ -205,7 +205,8 @@ def run_entry(ex: Execution, seed: int, device: str, profile: str) -> dict[str, 
         failed = [f"the chapter stopped before its claims held: {ex.error[:1000]}"]
     return {"chapter": ex.chapter, "seed": seed, "device": device, "profile": profile,
             "passed": ex.error is None and (record is None or bool(record["passed"])), "failed_claims": failed,
-            "seconds": round(ex.seconds, 1), "values": book.glued_values(ex.output) if exists else {}}
+            "n_claims": len(record["claims"]) if record else None, "seconds": round(ex.seconds, 1),
+            "values": book.glued_values(ex.output) if exists else {}}
 
 
 def _key(entry: dict[str, Any]) -> tuple:

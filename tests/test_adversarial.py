@@ -102,15 +102,27 @@ def test_fit_adversarial_trains_a_copy_and_hands_the_robust_loss_to_awp() -> Non
     assert any(not torch.equal(v, before[k]) for k, v in trained.state_dict().items())
 
 
-def test_fit_adversarial_accepts_a_bare_attack_and_matches_the_loss_factory() -> None:
+def test_fit_adversarial_equals_a_plain_adversarial_training_loop() -> None:
+    """Per batch: craft x_adv against the current weights (eval mode), then one SGD step on CE(x_adv) in train mode.
+    A bare attack and the loss factory give the same training."""
     x, y = batch(32)
+    x = x.double()
     data = [(x[:16], y[:16]), (x[16:], y[16:])]
+    model = tiny_cnn().double()
+    sgd = SGDConfig(lr=0.05, momentum=0.9, weight_decay=1e-3, schedule="constant")
+    net = copy.deepcopy(model).train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    for _ in range(2):
+        for xb, yb in data:
+            x_adv = pgd(net, xb, yb, eps=0.1, alpha=0.05, steps=2, random_start=False)
+            optimizer.zero_grad()
+            F.cross_entropy(net(x_adv), yb).backward()
+            optimizer.step()
     attack = PGD(eps=0.1, alpha=0.05, steps=2, random_start=False)
-    a, _ = fit_adversarial(tiny_cnn(), data, epochs=1, attack=attack, show_progress=False)
-    b, _ = fit_adversarial(tiny_cnn(), data, epochs=1, attack=pgd_loss(0.1, 0.05, 2, random_start=False),
-                           show_progress=False)
-    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
-        torch.testing.assert_close(v, w, msg=k)
+    for given in (attack, pgd_loss(0.1, 0.05, 2, random_start=False)):
+        trained, _ = fit_adversarial(model, data, epochs=2, attack=given, sgd=sgd, show_progress=False)
+        for key, value in net.state_dict().items():
+            torch.testing.assert_close(trained.state_dict()[key], value, rtol=1e-10, atol=1e-12, msg=key)
 
 
 def test_bad_budget_is_reported() -> None:

@@ -68,6 +68,7 @@ class _RunsCodeOnLoad:
         return (os.system, ("echo pwned > /dev/null",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the hand-made pickle
 def test_pickle_that_would_run_code_is_refused(tmp_path):
     path = cache.entry_path(CONFIG)
     with open(path, "wb") as handle:
@@ -120,3 +121,53 @@ def test_cache_root_honours_environment(monkeypatch, tmp_path):
     monkeypatch.setenv(cache.CACHE_DIR_ENV, str(tmp_path / "elsewhere"))
     assert cache.cache_root() == tmp_path / "elsewhere"
     assert (tmp_path / "elsewhere").is_dir()
+
+
+def test_an_entry_for_another_configuration_is_retrained_with_a_warning_naming_the_file_and_the_field():
+    calls: list = []
+    cache.load_or_train(CONFIG, _build, _train_counter(calls))
+    other = {**CONFIG, "lr": 0.3}
+    path = cache.entry_path(other)
+    path.write_bytes(cache.entry_path(CONFIG).read_bytes())  # a hand-copied file under the other key's name
+    with pytest.warns(UserWarning) as record:
+        cache.load_or_train(other, _build, _train_counter(calls))
+    message = str(record[0].message)
+    assert str(path) in message and "another configuration" in message
+    assert 'lr: "0.1" -> "0.3"' in message and "seed" not in message  # only what differs
+    assert len(calls) == 2
+    cache.read_entry(path, other)  # rewritten for its own key
+
+
+def test_an_entry_that_does_not_fit_the_architecture_is_retrained_with_a_warning_naming_the_file():
+    calls: list = []
+    cache.load_or_train(CONFIG, _build, _train_counter(calls))
+
+    def wider() -> nn.Module:  # same key, another architecture: 5 features instead of 4
+        return nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5))
+
+    with pytest.warns(UserWarning) as record:
+        model = cache.load_or_train(CONFIG, wider, _train_counter(calls))
+    message = str(record[0].message)
+    assert str(cache.entry_path(CONFIG)) in message and "does not fit" in message
+    assert "0.weight" in message and "size mismatch" in message
+    assert len(calls) == 2 and model[0].weight.shape == (5, 3)
+
+
+def test_a_result_entry_for_another_configuration_is_recomputed_with_a_warning():
+    computed: list = []
+
+    def compute(value: float):
+        def run():
+            computed.append(value)
+            return {"v": torch.tensor([value])}
+        return run
+
+    first = {"name": "table", "points": 3}
+    cache.cached_tensors(first, compute(1.0))
+    second = {"name": "table", "points": 5}
+    path = cache.entry_path(second, "results")
+    path.write_bytes(cache.entry_path(first, "results").read_bytes())
+    with pytest.warns(UserWarning, match="another configuration") as record:
+        result = cache.cached_tensors(second, compute(2.0))
+    assert str(path) in str(record[0].message) and "points: 3 -> 5" in str(record[0].message)
+    assert torch.equal(result["v"], torch.tensor([2.0])) and computed == [1.0, 2.0]

@@ -111,14 +111,15 @@ def test_run_entry_from_claims_record_crash_and_missing_output(tmp_path) -> None
     nbformat.write(_notebook({"a": "1.5", "n": "'x'"}, _claims(True, False)), out)
     entry = chapters.run_entry(chapters.Execution("01_x", out, 12.34, "AssertionError: ..."), 1, "cpu", "cpu")
     assert entry == {"chapter": "01_x", "seed": 1, "device": "cpu", "profile": "cpu", "passed": False,
-                     "failed_claims": ["claim 1 (value 1)"], "seconds": 12.3, "values": {"a": 1.5, "n": "x"}}
+                     "failed_claims": ["claim 1 (value 1)"], "n_claims": 2, "seconds": 12.3,
+                     "values": {"a": 1.5, "n": "x"}}
     nbformat.write(_notebook({"a": "2.0"}, error="ValueError: boom"), out)
     entry = chapters.run_entry(chapters.Execution("01_x", out, 1.0, "ValueError: boom"), 2, "cpu", "cpu")
     assert entry["passed"] is False and entry["values"] == {"a": 2.0}
     assert entry["failed_claims"] == ["the chapter stopped before its claims held: ValueError: boom"]
     gone = chapters.run_entry(chapters.Execution("01_x", tmp_path / "none.ipynb", 1.0, "DeadKernelError: x"), 0,
                               "cpu", "cpu")
-    assert gone["values"] == {} and gone["passed"] is False
+    assert gone["values"] == {} and gone["passed"] is False and gone["n_claims"] is None
     nbformat.write(_notebook({"a": "2.0"}, _claims(False)), out)  # smoke: not enforced, ran through
     smoke = chapters.run_entry(chapters.Execution("01_x", out, 1.0, None), 0, "cpu", "smoke")
     assert smoke["passed"] is False and smoke["failed_claims"] == ["claim 0 (value 0)"]

@@ -1,6 +1,7 @@
 """Data loading (Fashion-MNIST sources, CIFAR-10 and SVHN readers on synthetic files) and seeded splits."""
 
 import gzip
+import os
 import pickle
 
 import numpy as np
@@ -10,10 +11,11 @@ import torch
 from mcar_lib import data
 
 
-def _write_idx(folder, n_train=20, n_test=10, gz=True):
-    """Fashion-MNIST files in the IDX format (magic numbers 2051 for images, 2049 for labels)."""
+def _write_idx(folder, n_train=20, n_test=10, gz=True, seed=0):
+    """Fashion-MNIST files in the IDX format (magic numbers 2051 for images, 2049 for labels); returns the test
+    images and labels."""
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, size=n, dtype=np.uint8)
@@ -63,6 +65,32 @@ def test_debian_package_location(tmp_path, monkeypatch):
     _write_idx(tmp_path / "deb")
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "deb")
     assert len(data.load_fashion_mnist("train", download=False)) == 20
+
+
+def test_staging_is_keyed_by_the_source_folder(no_debian, tmp_path, monkeypatch):
+    """Two folders with different images (one gzipped, one plain): each load returns its own folder's images,
+    never a copy staged earlier for the other."""
+    images_a, labels_a = _write_idx(tmp_path / "a", gz=True, seed=1)
+    images_b, labels_b = _write_idx(tmp_path / "b", gz=False, seed=2)
+    assert not np.array_equal(images_a, images_b)
+
+    def as_tensor(images):
+        return torch.from_numpy(images).float().div(255).unsqueeze(1)
+
+    for folder, images, labels in (("a", images_a, labels_a), ("b", images_b, labels_b), ("a", images_a, labels_a)):
+        monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / folder))
+        loaded = data.load_fashion_mnist("test", download=False)
+        assert torch.equal(loaded.x, as_tensor(images)), folder
+        assert torch.equal(loaded.y, torch.from_numpy(labels.astype(np.int64))), folder
+        by_root = data.load_fashion_mnist("test", root=tmp_path / folder, download=False)
+        assert torch.equal(by_root.x, loaded.x)
+    # new files in a folder already staged (same sizes, a later modification time) are staged afresh
+    images_c, _ = _write_idx(tmp_path / "b", gz=False, seed=3)
+    for path in (tmp_path / "b").iterdir():
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "b"))
+    assert torch.equal(data.load_fashion_mnist("test", download=False).x, as_tensor(images_c))
 
 
 def _write_cifar(root, n_per_batch=4):
