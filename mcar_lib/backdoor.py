@@ -281,24 +281,26 @@ def backdoor_metrics(model: nn.Module, data: BatchSource, trigger: Trigger, targ
 
 # ------------------------------------------------------------------------------------- adaptive attacker
 
-def path_aware_pair(a: nn.Module, b: nn.Module, poisoned: LabeledImages, *, steps: int, sgd: train.SGDConfig,
-                    batch_size: int = 64, release: Sequence[float] = (0.25, 0.75), n_bends: int = 1,
-                    seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    """A path-aware attacker's two models: points of a curve it trained *on its poisoned data*.
+def fit_path_aware(curve: curves.Curve, poisoned: LabeledImages, *, steps: int, sgd: train.SGDConfig,
+                   batch_size: int = 64, seed: int = 0) -> curves.Curve:
+    """A path-aware attacker's training: the curve between its two backdoored models, trained *on its poisoned
+    data*, so that every point of the curve keeps both the task and the backdoor. Returns the trained copy.
 
     An attacker who expects path repair wants the backdoor to survive along the paths a defender will train.
-    One way: train a Bezier curve between its two backdoored models on the poisoned training data (so every
-    point of that curve keeps both the task and the backdoor), and release the models at ``release`` (two values
-    of t, batch-norm statistics from the poisoned data) instead of the endpoints. A defender's path between
-    them starts on the chord of a backdoored valley. Returns the two released models.
+    Releasing two interior points of such a curve (:func:`release`) instead of the endpoints puts the
+    defender's path on the chord of a backdoored valley from the start.
     """
-    if len(release) != 2 or not all(0.0 <= t <= 1.0 for t in release):
-        raise ValueError(f"release must be two values of t in [0, 1], got {tuple(release)}")
-    curve = curves.Curve.between(a, b, n_bends=n_bends)
     trained, _ = curves.fit_curve(curve, StepBatches(poisoned, batch_size, steps, seed=seed), steps=steps, sgd=sgd,
                                   seed=seed, show_progress=False)
-    first, second = (trained.at(float(t), bn_data=poisoned) for t in release)
-    return first, second
+    return trained
+
+
+def release(curve: curves.Curve, poisoned: LabeledImages, ts: Sequence[float] = (0.25, 0.75)) -> list[nn.Module]:
+    """The models the path-aware attacker publishes: the curve at ``ts`` (batch-norm statistics from the
+    attacker's own data)."""
+    if not all(0.0 <= t <= 1.0 for t in ts):
+        raise ValueError(f"ts must be values of t in [0, 1], got {tuple(ts)}")
+    return [curve.at(float(t), bn_data=poisoned) for t in ts]
 
 
 # ------------------------------------------------------------------------------------------------- relapse

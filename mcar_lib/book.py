@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 GLUE_MIME = "application/papermill.record/text/plain"
 CLAIMS_MIME = "application/vnd.mcar-book.claims+json"
 
@@ -52,6 +54,31 @@ def glue(name: str, value: Any, display: bool = False) -> None:
     except ImportError:
         return
     myst_glue(name, value, display=display)
+
+
+def glue_table(values: Mapping[str, tuple[Any, str]], *, decimals: int = 2) -> pd.DataFrame:
+    """Glue every value (``{name: (value, what it is)}``) and return the compact table a reader sees in the
+    cell's output: the quantity, its value, and the glue name the prose cites.
+
+    On Colab or in plain Jupyter, where the ``{glue:text}`` roles of the prose stay unrendered, this table right
+    above the prose is where the numbers are. Floats are shown rounded to ``decimals``.
+    """
+    rows = []
+    for name, (value, label) in values.items():
+        glue(name, value)
+        shown = round(float(value), decimals) if isinstance(value, float) else value
+        rows.append({"quantity": label, "value": shown, "glued as": name})
+    return pd.DataFrame(rows).set_index("quantity")
+
+
+def mean_sd(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value) of repeated measurements."""
+    items = [float(v) for v in values]
+    if not items:
+        raise ValueError("mean_sd needs at least one value")
+    mean = sum(items) / len(items)
+    sd = (sum((v - mean) ** 2 for v in items) / (len(items) - 1)) ** 0.5 if len(items) > 1 else 0.0
+    return mean, sd
 
 
 # --------------------------------------------------------------------------------------------------- claims

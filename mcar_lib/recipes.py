@@ -16,7 +16,8 @@ never from the test set.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -24,7 +25,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mcar_lib import adversarial, attacks, awp, cache, curves, faults, flatness, hessian, models, paths, repro, train
+from mcar_lib import (adversarial, attacks, awp, backdoor, cache, curves, faults, flatness, hessian, models, paths, repair,
+                      repro, train)
 from mcar_lib.data import LabeledImages, Splits, batches, load_splits, loader, take
 from mcar_lib.profiles import Profile
 
@@ -88,10 +90,9 @@ def splits(cfg: Profile, seed: int) -> Splits:
     return load_splits(cfg.dataset, n_train=cfg.n_train, n_bonafide=cfg.n_bonafide_pool, n_test=cfg.n_test, seed=seed)
 
 
-def bn_data(cfg: Profile, splits: Splits, n: int | None = None) -> LabeledImages:
-    """The defender's images for batch-norm statistics along a path (a seeded slice of the bonafide pool)."""
-    size = cfg.robustness.n_bn_images if n is None else n
-    return take(splits.bonafide, min(size, len(splits.bonafide)), seed=splits.seed)
+def bn_data(cfg: Profile, splits: Splits) -> LabeledImages:
+    """The defender's images for batch-norm statistics along a path (``cfg.n_bn_images`` of the bonafide pool)."""
+    return take(splits.bonafide, min(cfg.n_bn_images, len(splits.bonafide)), seed=splits.seed)
 
 
 def eval_data(cfg: Profile, splits: Splits) -> LabeledImages:
@@ -103,6 +104,21 @@ def eval_attack(cfg: Profile) -> attacks.PGD:
     """The evaluation attack of the threat model: PGD-``eval_steps`` with a random start, eval mode."""
     rb = cfg.robustness
     return attacks.PGD(eps=rb.eps, steps=rb.eval_steps, norm=rb.norm)
+
+
+def strong_attack(cfg: Profile) -> attacks.PGD:
+    """A converged attack for the endpoints: PGD with ``strong_steps`` steps and ``strong_restarts`` restarts
+    (the strongest result per image is kept). If its robust accuracy is close to the evaluation attack's, the
+    cheaper attack can be trusted along the paths."""
+    rb = cfg.robustness
+    return attacks.PGD(eps=rb.eps, steps=rb.strong_steps, restarts=rb.strong_restarts, norm=rb.norm)
+
+
+def repetition_seed(seed: int, repetition: int) -> int:
+    """The seed of repetition ``repetition`` of a chapter run with ``seed``: ``2·(seed + r)``, so that the pairs
+    of networks of chapters 1, 3 and 4 (members ``2·(seed + r)`` and ``2·(seed + r) + 1``) are the same networks,
+    and a run with the next seed reuses every repetition but one from the cache."""
+    return 2 * (seed + repetition)
 
 
 def training_loss(cfg: Profile, *, bn: attacks.BNMode = "eval") -> adversarial.RobustLoss:
@@ -318,13 +334,246 @@ def path_ensemble(cfg: Profile, splits: Splits, pair: Pair = "regular-adversaria
     return cached_table(f"ensemble-{pair}-{loss}", {**_measurement_inputs(cfg, splits, curve), "size": size}, compute)
 
 
+# ---------------------------------------------------------------------------------- chapter 2: backdoor repair
+
+@dataclass(frozen=True)
+class BackdoorScenario:
+    """One repetition of chapter 2's attack: the trigger, the poisoned training data, the two backdoored networks
+    and their clean twins (same recipe and seeds on clean data). Repetition ``r`` of a chapter run with seed
+    ``SEED`` uses seed ``SEED + r`` for the poisoning and the defender's draws, and ``2·(SEED + r) + 1`` and
+    ``+ 2`` to initialise the two networks."""
+
+    seed: int
+    trigger: backdoor.PatchTrigger
+    poisoned: backdoor.Poisoned
+    backdoored: tuple[nn.Module, nn.Module]
+    clean: tuple[nn.Module, nn.Module]
+
+
+def backdoor_trigger(cfg: Profile) -> backdoor.PatchTrigger:
+    """The profile's BadNets trigger: a white square near the bottom-right corner."""
+    bd = cfg.backdoor
+    return backdoor.PatchTrigger(size=bd.trigger_size, value=1.0, corner="bottom_right", margin=bd.trigger_margin)
+
+
+def backdoor_scenario(cfg: Profile, splits: Splits, repetition: int, *,
+                      device: str | torch.device = "auto") -> BackdoorScenario:
+    """Repetition ``repetition`` of the attack (cached networks)."""
+    bd = cfg.backdoor
+    seed = splits.seed + repetition
+    trigger = backdoor_trigger(cfg)
+    poisoned = backdoor.poison(splits.train, trigger, target=bd.target, rate=bd.poison_rate, seed=seed)
+
+    def network(init: int, data: LabeledImages | None) -> nn.Module:
+        return trained_model(cfg, splits, seed=init, train_data=data, epochs=bd.endpoint_epochs, lr=bd.endpoint_lr,
+                             device=device)
+
+    inits = (2 * seed + 1, 2 * seed + 2)
+    return BackdoorScenario(seed, trigger, poisoned, tuple(network(i, poisoned.data) for i in inits),  # type: ignore
+                            tuple(network(i, None) for i in inits))  # type: ignore[arg-type]
+
+
+def backdoor_measure(cfg: Profile, splits: Splits, scenario: BackdoorScenario) -> Callable[[nn.Module], dict]:
+    """Clean test accuracy and ASR (%) of a model: the chapter's metric contract."""
+
+    def measure(model: nn.Module) -> dict[str, float]:
+        result = backdoor.backdoor_metrics(model, splits.test, scenario.trigger, cfg.backdoor.target,
+                                           batch_size=cfg.eval_batch_size)
+        return {"clean accuracy (%)": result.clean_accuracy, "ASR (%)": result.attack_success_rate}
+
+    return measure
+
+
+def along_path(measure: Callable[[nn.Module], dict], result: repair.RepairResult,
+               ts: Sequence[float]) -> pd.DataFrame:
+    """A metric at every t of a repair path (batch-norm statistics from the data the path was trained on)."""
+    return pd.DataFrame([{"t": float(t), **measure(result.curve.at(float(t), bn_data=result.bn_data))} for t in ts])
+
+
+def backdoor_repairs(cfg: Profile, splits: Splits, scenario: BackdoorScenario, n: int) -> dict[str, Any]:
+    """Every repair of chapter 2 on the same ``n`` bonafide images of one repetition, measured on the test set.
+
+    Returns ``rows`` (one per method: clean accuracy and ASR), ``along`` (the repair path's metrics at every
+    candidate t, with the defender's cross-validated accuracy), ``path`` (the path repair's result) and
+    ``single_slice`` (the first edition's rule on the same images).
+    """
+    bd = cfg.backdoor
+    a, b = scenario.backdoored
+    bonafide = take(splits.bonafide, n, seed=scenario.seed)
+    measure = backdoor_measure(cfg, splits, scenario)
+    matched = train.SGDConfig(lr=bd.finetune_lr, schedule=bd.path.schedule, weight_decay=bd.path.weight_decay)
+    reference = train.SGDConfig(lr=bd.reference_finetune_lr, schedule="cosine",
+                                weight_decay=bd.reference_finetune_weight_decay)
+    scratch = train.SGDConfig(lr=bd.scratch_lr, schedule="cosine")
+    common = dict(batch_size=bd.path.batch_size, seed=scenario.seed, cache=True)
+    path = repair.path_repair(a, b, bonafide, training=bd.path, selection=bd.selection, seed=scenario.seed, cache=True)
+    single = repair.path_repair(a, b, bonafide, training=bd.path, selection=bd.single_slice_selection,
+                                seed=scenario.seed, cache=True)
+    others = [
+        repair.finetune(a, bonafide, steps=bd.path.steps, sgd=matched, name="fine-tuning (matched)", **common),
+        repair.finetune(a, bonafide, steps=bd.path.steps, sgd=reference, name="fine-tuning (reference recipe)",
+                        **common),
+        repair.train_from_scratch(a, bonafide, steps=bd.scratch_steps, sgd=scratch, **common),
+        repair.noisy_model(a, b, bonafide, scale=bd.noisy_scale, seed=scenario.seed),
+        repair.fine_prune(a, bonafide, criterion="activation", tolerance=bd.prune_tolerance, prune_step=bd.prune_step,
+                          steps=bd.prune_finetune_steps, sgd=matched, **common),
+        repair.fine_prune(a, bonafide, criterion="weight_norm", tolerance=bd.prune_tolerance,
+                          prune_step=bd.prune_step, steps=bd.prune_finetune_steps, sgd=matched, **common),
+    ]
+    along = along_path(measure, path, bd.ts).merge(path.table[["t", "heldout_accuracy"]], on="t")
+    rows = [{"method": "path repair", "t": path.t, **measure(path.model)},
+            {"method": "path repair, single held-out slice", "t": single.t, **measure(single.model)}]
+    rows += [{"method": r.name, "t": float("nan"), **measure(r.model)} for r in others]
+    pruned = [r for r in others if r.name in repair.PRUNE_NAMES.values()]
+    rows += [{"method": f"{r.name} (pruning only)", "t": float("nan"), **measure(r.details["pruned_only"])}
+             for r in pruned]
+    table = pd.DataFrame(rows).assign(N=n, repetition=scenario.seed - splits.seed)
+    return {"rows": table, "along": along.assign(N=n, repetition=scenario.seed - splits.seed), "path": path,
+            "single_slice": single, "baselines": {r.name: r for r in others}}
+
+
+def path_budget_trace(cfg: Profile, splits: Splits, scenario: BackdoorScenario, n: int) -> pd.DataFrame:
+    """Near-endpoint repair: the repair path at ``n`` bonafide images trained for each budget of
+    ``backdoor.trace_steps`` with the book's recipe, and once with the paper's (``backdoor.paper_path``); clean
+    accuracy and ASR at t = 0.1, 0.2 and 0.5, and how far the bend travelled from the middle of the chord
+    (in units of the distance between the endpoints)."""
+    bd = cfg.backdoor
+    a, b = scenario.backdoored
+    bonafide = take(splits.bonafide, n, seed=scenario.seed)
+    measure = backdoor_measure(cfg, splits, scenario)
+    recipes_ = [("book", replace(bd.path, steps=steps)) for steps in bd.trace_steps] + [("paper", bd.paper_path)]
+    rows = []
+    for recipe, training in recipes_:
+        curve = repair.train_path(a, b, bonafide, training=training, seed=scenario.seed, cache=True)
+        chord = curve.end - curve.start
+        travel = float((curve.bends.detach() - (curve.start + curve.end) / 2).norm(dim=1).max() / chord.norm())
+        row: dict[str, Any] = {"recipe": recipe, "steps": training.steps, "travel": travel}
+        for t in (0.1, 0.2, 0.5):
+            m = measure(curve.at(t, bn_data=bonafide))
+            row[f"accuracy at t={t:g} (%)"] = m["clean accuracy (%)"]
+            row[f"ASR at t={t:g} (%)"] = m["ASR (%)"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def adaptive_attack(cfg: Profile, splits: Splits, scenario: BackdoorScenario, n: int) -> dict[str, Any]:
+    """The path-aware attacker (:func:`mcar_lib.backdoor.path_aware_pair`): its two released models, and the
+    defender's path repair between them on ``n`` bonafide images, measured along the path."""
+    bd = cfg.backdoor
+    a, b = scenario.backdoored
+    mc = cfg.connectivity
+    attacker_sgd = train.SGDConfig(lr=mc.curve_lr, weight_decay=mc.curve_weight_decay, schedule=mc.curve_schedule)
+
+    inputs = {"a": a, "b": b, "poisoned": scenario.poisoned.data, "steps": bd.adaptive_steps, "sgd": attacker_sgd,
+              "batch_size": cfg.batch_size, "n_bends": cfg.n_bends, "seed": scenario.seed}
+    curve = cached_model("path-aware-curve", inputs, lambda: curves.Curve.between(a, b, n_bends=cfg.n_bends),
+                         lambda c: backdoor.fit_path_aware(c, scenario.poisoned.data, steps=bd.adaptive_steps,  # type: ignore
+                                                           sgd=attacker_sgd, batch_size=cfg.batch_size,
+                                                           seed=scenario.seed))
+    pair = backdoor.release(curve, scenario.poisoned.data, bd.adaptive_release)  # type: ignore[arg-type]
+    bonafide = take(splits.bonafide, n, seed=scenario.seed)
+    measure = backdoor_measure(cfg, splits, scenario)
+    path = repair.path_repair(pair[0], pair[1], bonafide, training=bd.path, selection=bd.selection,
+                              seed=scenario.seed, cache=True)
+    along = along_path(measure, path, bd.ts).merge(path.table[["t", "heldout_accuracy"]], on="t")
+    return {"released": pair, "path": path, "along": along, "measured": [measure(m) for m in pair]}
+
+
+def relapse_data(cfg: Profile, splits: Splits, scenario: BackdoorScenario) -> LabeledImages:
+    """The returning attacker's handful of images: ``relapse_poisoned`` triggered non-target training images
+    labelled with the target, mixed with ``relapse_clean`` clean ones (seeded)."""
+    bd = cfg.backdoor
+    pool = take(splits.train, bd.relapse_poisoned + bd.relapse_clean + 200, seed=scenario.seed + 10_000)
+    sources = pool.subset(pool.y != bd.target)
+    poisoned = scenario.trigger.apply(sources.x[:bd.relapse_poisoned])
+    clean = pool.subset(slice(len(pool) - bd.relapse_clean, len(pool)))
+    x = torch.cat([poisoned, clean.x])
+    y = torch.cat([torch.full((bd.relapse_poisoned,), bd.target, dtype=torch.long), clean.y])
+    return LabeledImages(x, y)
+
+
 # --------------------------------------------------------------------------------- chapter 3: injected faults
+
+FaultSite = Literal["classifier", "convolution"]
+
 
 def injected_model(clean: nn.Module, targets: faults.SneakTargets, **sneak_settings: Any) -> nn.Module:
     """``clean`` with the errors of ``targets`` sneaked in (:func:`mcar_lib.faults.sneak`), cached."""
     inputs = {"clean": clean, "targets": targets, "settings": sneak_settings}
     return cached_model("injected", inputs, lambda: copy.deepcopy(clean),
                         lambda m: faults.sneak(m, targets, **sneak_settings)[0])
+
+
+def sneak_settings(cfg: Profile, site: FaultSite, seed: int) -> dict[str, Any]:
+    """The attacker's settings for a site: the classifier's weight, or a convolution (a heavier keep term)."""
+    ei = cfg.faults
+    common = dict(steps=ei.sneak_steps, schedule=ei.sneak_schedule, kappa=ei.kappa, keep_sample=ei.keep_sample,
+                  seed=seed)
+    if site == "classifier":
+        return dict(param_names=list(ei.param_names), lr=ei.sneak_lr, **common)
+    if site == "convolution":
+        return dict(param_names=list(ei.conv_param_names), lr=ei.conv_sneak_lr, keep_weight=ei.conv_keep_weight,
+                    **common)
+    raise ValueError(f"unknown fault site {site!r}; choose 'classifier' or 'convolution'")
+
+
+@dataclass(frozen=True)
+class FaultScenario:
+    """One repetition of chapter 3's attack: two clean networks (chapter 1's pair of repetition ``r``, see
+    :func:`repetition_seed`), the images S with their injected labels and the keep-set (seed ``SEED + r``), and
+    the two networks with the errors injected at ``site``."""
+
+    seed: int
+    site: str
+    targets: faults.SneakTargets
+    clean: tuple[nn.Module, nn.Module]
+    injected: tuple[nn.Module, nn.Module]
+
+
+def fault_scenario(cfg: Profile, splits: Splits, repetition: int, site: FaultSite = "classifier", *,
+                   device: str | torch.device = "auto") -> FaultScenario:
+    """Repetition ``repetition`` of the fault-sneaking attack at ``site`` (cached networks)."""
+    ei = cfg.faults
+    seed = splits.seed + repetition
+    first = repetition_seed(splits.seed, repetition)
+    clean = tuple(trained_model(cfg, splits, seed=first + i, device=device) for i in (0, 1))
+    targets = faults.pick_targets(list(clean), splits.train, n_sneak=ei.n_sneak, n_keep=ei.n_keep, seed=seed)
+    settings = sneak_settings(cfg, site, seed)
+    injected = tuple(injected_model(m, targets, **settings) for m in clean)
+    return FaultScenario(seed, site, targets, clean, injected)  # type: ignore[arg-type]
+
+
+def fault_measure(splits: Splits, scenario: FaultScenario, batch_size: int = 1000) -> Callable[[nn.Module], dict]:
+    """Clean test accuracy and the success of the injected errors on S (%): chapter 3's metric contract."""
+    test = list(batches(splits.test, batch_size))
+
+    def measure(model: nn.Module) -> dict[str, float]:
+        return {"clean accuracy (%)": train.accuracy(model, test),
+                "S success (%)": faults.sneak_success(model, scenario.targets)}
+
+    return measure
+
+
+def fault_repairs(cfg: Profile, splits: Splits, scenario: FaultScenario, n: int) -> dict[str, Any]:
+    """Path repair (cross-validated t) and the baselines of chapter 3 on the same ``n`` bonafide images."""
+    ei = cfg.faults
+    a, b = scenario.injected
+    bonafide = take(splits.bonafide, n, seed=scenario.seed)
+    measure = fault_measure(splits, scenario, cfg.eval_batch_size)
+    matched = train.SGDConfig(lr=ei.finetune_lr, schedule=ei.path.schedule, weight_decay=ei.path.weight_decay)
+    reference = train.SGDConfig(lr=ei.reference_finetune_lr, schedule="cosine",
+                                weight_decay=ei.reference_finetune_weight_decay)
+    common = dict(steps=ei.path.steps, batch_size=ei.path.batch_size, seed=scenario.seed, cache=True)
+    path = repair.path_repair(a, b, bonafide, training=ei.path, selection=ei.selection, seed=scenario.seed, cache=True)
+    others = [repair.finetune(a, bonafide, sgd=matched, name="fine-tuning (matched)", **common),
+              repair.finetune(a, bonafide, sgd=reference, name="fine-tuning (reference recipe)", **common),
+              repair.noisy_model(a, b, bonafide, scale=ei.noisy_scale, seed=scenario.seed)]
+    along = along_path(measure, path, ei.ts).merge(path.table[["t", "heldout_accuracy"]], on="t")
+    rows = [{"method": "path repair", "t": path.t, **measure(path.model)}]
+    rows += [{"method": r.name, "t": float("nan"), **measure(r.model)} for r in others]
+    labels = dict(N=n, repetition=scenario.seed - splits.seed, site=scenario.site)
+    return {"rows": pd.DataFrame(rows).assign(**labels), "along": along.assign(**labels), "path": path,
+            "baselines": {r.name: r for r in others}}
 
 
 # -------------------------------------------------------------------------------- chapter 6: flatness and AWP
