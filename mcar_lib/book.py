@@ -515,3 +515,145 @@ def load_sweep_files(results: str | Path, path: str = "benchmarks/robustness.jso
         for extra in sorted(Path(results).parent.glob("device-*.json")):
             add(extra, f"{folder}/{extra.name}", required=False)
     return documents, notes
+
+
+# ------------------------------------------------------------------ exercises (student and instructor editions)
+#
+# An exercise is a MyST ``{exercise}`` directive with a ``:label:`` in a markdown cell, optionally followed by a
+# written ``{solution} <label>`` directive (folded in the book, removed from the student edition) and, for an
+# autograded exercise, by code cells tagged ``solution`` (the reference answer, its answer region between
+# nbgrader's solution delimiters) and ``check`` (assertions that a correct answer passes and a wrong one fails).
+# Code cells belong to the last exercise above them. ``scripts/editions.py`` turns this into nbgrader's format.
+
+SOLUTION_TAG = "solution"
+CHECK_TAG = "check"
+_DIRECTIVE_OPEN = re.compile(r"^(?P<fence>`{3,}|:{3,})\{(?P<name>(?:exercise|solution)(?:-start|-end)?)\}[ \t]*(?P<arg>.*?)\s*$")
+_LABEL = re.compile(r"^:label:\s*(\S+)\s*$")
+
+
+@dataclass(frozen=True)
+class Block:
+    """A piece of a markdown cell: ``kind`` ``"text"``, or one fenced ``"exercise"`` or ``"solution"`` directive
+    (``text`` with its fences; ``label`` the exercise's ``:label:`` or the solution's argument)."""
+
+    kind: str
+    text: str
+    label: str | None = None
+
+    @property
+    def body(self) -> str:
+        """A directive's content without its fences and ``:option:`` lines (the text itself for prose)."""
+        if self.kind == "text":
+            return self.text
+        lines = self.text.split("\n")[1:-1]
+        while lines and (lines[0].startswith(":") or not lines[0].strip()):
+            lines.pop(0)
+        return "\n".join(lines).strip()
+
+
+def directive_blocks(markdown: str) -> list[Block]:
+    """Split markdown into prose and top-level ``{exercise}`` / ``{solution}`` directives (backtick or colon
+    fences; a directive ends at a fence of the same character at least as long, as in MyST). Blank prose between
+    directives is dropped. Gated directives (``{solution-start}`` ...) are refused: ``hide_solutions`` crashes
+    on them (sphinx-exercise 1.2.1), and the editions need one block per solution."""
+    blocks: list[Block] = []
+    text: list[str] = []
+    lines = markdown.split("\n")
+    i = 0
+
+    def flush() -> None:
+        if "".join(text).strip():
+            blocks.append(Block("text", "\n".join(text).strip("\n")))
+        text.clear()
+
+    while i < len(lines):
+        match = _DIRECTIVE_OPEN.match(lines[i])
+        if not match:
+            text.append(lines[i])
+            i += 1
+            continue
+        name, fence = match["name"], match["fence"]
+        if name.endswith(("-start", "-end")):
+            raise ValueError(f"gated directive {{{name}}} found: write plain {{exercise}} and {{solution}} blocks "
+                             "(sphinx-exercise's hide_solutions crashes on gated solutions)")
+        end = i + 1
+        while end < len(lines) and not re.fullmatch(re.escape(fence[0]) + "{%d,}\\s*" % len(fence), lines[end]):
+            end += 1
+        if end == len(lines):
+            raise ValueError(f"unclosed {{{name}}} directive: {lines[i]!r}")
+        flush()
+        inner = lines[i + 1:end]
+        label = match["arg"] or None
+        if name == "exercise":
+            label = next((m[1] for m in map(_LABEL.match, inner) if m), None)
+        blocks.append(Block(name, "\n".join(lines[i:end + 1]), label))
+        i = end + 1
+    flush()
+    return blocks
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One exercise of a notebook: its label, the start of its statement, and the indices of the cells that hold
+    it, its written solution, its reference answer (cells tagged ``solution``) and its checks (tagged ``check``)."""
+
+    label: str
+    statement: str
+    cell: int
+    written_solution: bool
+    solution_cells: tuple[int, ...]
+    check_cells: tuple[int, ...]
+
+    @property
+    def autograded(self) -> bool:
+        return bool(self.check_cells)
+
+
+def _tags(cell: Mapping[str, Any]) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def exercises(notebook: str | Path | Mapping[str, Any]) -> list[Exercise]:
+    """The exercises of a notebook in order, each with its solution and check cells (see the section comment).
+
+    Raises ``ValueError`` for what the editions cannot handle: an exercise without a label or with a label used
+    twice, a written solution or a tagged code cell before any exercise, a solution for another exercise than
+    the one above it, a cell tagged both ``solution`` and ``check``, or checks without a ``solution`` cell.
+    """
+    nb = read_notebook(notebook)
+    found: dict[str, dict[str, Any]] = {}
+    current: str | None = None
+    for index, cell in enumerate(nb["cells"]):
+        source = _text(cell.get("source", ""))
+        if cell["cell_type"] == "markdown":
+            for block in directive_blocks(source):
+                if block.kind == "exercise":
+                    if not block.label:
+                        raise ValueError(f"cell {index}: an exercise without a :label: ({block.text[:60]!r})")
+                    if block.label in found:
+                        raise ValueError(f"cell {index}: exercise label {block.label!r} used twice")
+                    statement = " ".join(block.body.split())
+                    found[block.label] = {"label": block.label, "statement": statement, "cell": index,
+                                          "written_solution": False, "solution_cells": [], "check_cells": []}
+                    current = block.label
+                elif block.kind == "solution":
+                    if block.label != current:
+                        raise ValueError(f"cell {index}: {{solution}} {block.label} follows exercise {current!r}")
+                    found[current]["written_solution"] = True
+        elif cell["cell_type"] == "code":
+            tags = _tags(cell)
+            roles = [t for t in (SOLUTION_TAG, CHECK_TAG) if t in tags]
+            if not roles:
+                continue
+            if len(roles) > 1:
+                raise ValueError(f"cell {index} is tagged both {SOLUTION_TAG!r} and {CHECK_TAG!r}: split it in two")
+            if current is None:
+                raise ValueError(f"cell {index} is tagged {roles[0]!r} but no exercise comes before it")
+            found[current][f"{roles[0]}_cells"].append(index)
+    result = []
+    for entry in found.values():
+        if entry["check_cells"] and not entry["solution_cells"]:
+            raise ValueError(f"exercise {entry['label']!r} has checks but no cell tagged {SOLUTION_TAG!r}")
+        result.append(Exercise(**{**entry, "solution_cells": tuple(entry["solution_cells"]),
+                                  "check_cells": tuple(entry["check_cells"])}))
+    return result

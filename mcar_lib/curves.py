@@ -137,41 +137,77 @@ class _StatisticsCache:
 
 
 class _PointWeights(dict):
-    """:meth:`Curve.weights_at`'s answer: ``{name: w(t)}``, plus what :meth:`Curve.squared_norm_at` needs to send
-    the penalty's gradient to the bends on its own path (t, the coefficients, the bends' views, the flat pieces)."""
+    """:meth:`Curve.weights_at`'s answer: ``{name: w(t)}``, plus the t it was formed for and, when asked for,
+    :math:`\\|w(t)\\|^2` from the same formation (for :meth:`Curve.squared_norm_at`)."""
 
     t: float
-    coefficients: list[float]
-    thetas: tuple[Tensor, ...]
-    flat_pieces: list[Tensor]
+    squared_norm: Tensor | None
 
 
-class _SquaredNormThroughBends(torch.autograd.Function):
-    """:math:`\\|w\\|^2` of one parameter's :math:`w(t) = \\text{fixed} + \\sum_k c_k \\theta_k`, differentiated
-    straight into its bends ``theta`` (an ``(n, numel)`` view of the bends).
+def _fixed_part(start: Tensor, end: Tensor, c: list[float], numels: list[int]) -> list[Tensor]:
+    """:math:`c_0 w_a + c_{n+1} w_b` per parameter (one new tensor each; the flat formula's operations)."""
+    return [torch.mul(a, c[0]).add_(b, alpha=c[-1]) for a, b in zip(torch.split(start, numels),
+                                                                   torch.split(end, numels))]
 
-    Why not ``w.square().sum()`` on the shared w: the bends' gradient would then be :math:`c_k (g_{loss} +
-    g_{pen})`, which rounds differently from :math:`c_k g_{loss} + c_k g_{pen}`, what the curve computed when it
-    formed :math:`w(t)` twice (once per term). The backward below is autograd's own for ``w.square()`` then
-    ``c_1 · θ`` (one bend) or ``addmv`` (several), element by element, so training reproduces those bends
-    bit for bit while :math:`w(t)` is formed once.
+
+class _CurveWeights(torch.autograd.Function):
+    """:math:`w(t)` per parameter from the flat control points, and optionally :math:`\\|w(t)\\|^2`, with a
+    backward that writes the bends' gradient straight into one ``(n, D)`` tensor.
+
+    Forward: the flat formula's operations on each parameter's views, ``c_0·a + c_{n+1}·b`` then ``+ c_1·θ`` (one
+    bend) or ``addmv`` (several), so the values are those of the flat vector, element by element.
+
+    Backward: row k of the bends' gradient is :math:`c_k g` for each parameter's gradient g, written in place,
+    row by row (contiguous writes; autograd's ``ger`` and ``cat`` made strided temporaries of the full size).
+    The penalty's gradient :math:`c_k \\cdot 2 w g_{pen}` is added to :math:`c_k g_{loss}` as a separate product:
+    that is how the gradient rounded when :math:`w(t)` was formed once for the loss and once for the penalty,
+    so training gives the same bends to the last bit as it did then.
     """
 
     @staticmethod
-    def forward(ctx, theta: Tensor, w: Tensor, middle: list[float]) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(w)
-        ctx.middle = middle
-        return w.square().sum()
+    def forward(ctx, bends: Tensor, start: Tensor, end: Tensor, c: list[float], numels: list[int],  # type: ignore[override]
+                with_norm: bool) -> tuple[Tensor, ...]:
+        pieces = _fixed_part(start, end, c, numels)
+        thetas = torch.split(bends, numels, dim=1)  # (n, numel) views
+        if len(c) == 3:
+            for w, theta in zip(pieces, thetas):
+                w.add_(c[1] * theta.view(-1))
+        else:
+            middle = torch.tensor(c[1:-1], dtype=bends.dtype, device=bends.device)
+            for w, theta in zip(pieces, thetas):
+                w.addmv_(theta.t(), middle)
+        ctx.c, ctx.numels, ctx.with_norm = c, numels, with_norm
+        ctx.bends_layout = (bends.shape, bends.dtype, bends.device)
+        ctx.set_materialize_grads(False)  # an unused parameter's gradient is None, not a tensor of zeros
+        if not with_norm:
+            return tuple(pieces)
+        ctx.save_for_backward(*pieces)
+        norm = torch.stack([w.square().sum() for w in pieces]).sum()
+        return (*pieces, norm)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        (w,) = ctx.saved_tensors
-        grad_w = grad * (2.0 * w)  # pow's backward for w ** 2
-        if len(ctx.middle) == 1:
-            return (grad_w * ctx.middle[0]).view(1, -1), None, None  # c_1 · θ's backward
-        middle = torch.tensor(ctx.middle, dtype=w.dtype, device=w.device)
-        return grad_w.ger(middle).t(), None, None  # addmv's backward for the matrix θᵀ
+    def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        grad_norm = grads[-1] if ctx.with_norm else None
+        grads = grads[:-1] if ctx.with_norm else grads
+        if grad_norm is None and all(g is None for g in grads):
+            return None, None, None, None, None, None
+        pieces = ctx.saved_tensors if grad_norm is not None else (None,) * len(grads)
+        shape, dtype, device = ctx.bends_layout
+        grad = torch.empty(shape, dtype=dtype, device=device)  # the one full-size tensor: the bends' gradient
+        offset = 0
+        for g, numel, w in zip(grads, ctx.numels, pieces):
+            block = grad[:, offset:offset + numel]
+            offset += numel
+            g_pen = grad_norm * (2.0 * w) if grad_norm is not None else None  # pow's backward for w ** 2
+            for k, c_k in enumerate(ctx.c[1:-1]):
+                if g is not None:
+                    torch.mul(g.reshape(-1), c_k, out=block[k])  # the loss's share: c_k · g
+                else:
+                    block[k].zero_()
+                if g_pen is not None:
+                    block[k].add_(g_pen * c_k)  # the penalty's, its own product
+        return grad, None, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------- Curve
@@ -283,54 +319,48 @@ class Curve(nn.Module):
         return {n: piece.view(shape) for n, piece, shape in
                 zip(self._names, torch.split(flat, self._numels), self._shapes)}
 
-    def weights_at(self, t: float | Tensor) -> dict[str, Tensor]:
+    def weights_at(self, t: float | Tensor, *, squared_norm: bool = False) -> dict[str, Tensor]:
         """:math:`w(t)` by parameter name, differentiable w.r.t. the bends (the endpoints get no gradient).
 
         Formed per parameter from views of the flat control points, with the same operations, element by
         element, as the flat formula :math:`c_0 w_a + c_{n+1} w_b + \\sum_k c_k \\theta_k`, so the values do not
-        depend on how the vector is cut: the fixed part without autograd, then one bend as ``+ c_1·θ`` or
-        several as one matrix-vector product. Each parameter's tensor is one allocation of its own size; the
-        gradient reaches the ``(n, D)`` bends through one split. Outside autocast: these are the master
-        weights, whatever precision the forward pass then runs in. Pass the result to :meth:`point` and
-        :meth:`squared_norm_at` to use one :math:`w(t)` for both.
+        depend on how the vector is cut. Each parameter's tensor is one allocation of its own size; the backward
+        pass writes the ``(n, D)`` gradient of the bends directly. Outside autocast: these are the master
+        weights, whatever precision the forward pass then runs in. ``squared_norm=True`` also computes
+        :math:`\\|w(t)\\|^2` from the same tensors, for :meth:`squared_norm_at` (the L2 penalty of training):
+        pass the result to :meth:`point` and :meth:`squared_norm_at` to use one :math:`w(t)` for both.
         """
         t = check_t(t)
         c = coefficient_list(self.kind, t, self.n_bends)
-        starts = torch.split(self.start, self._numels)
-        ends = torch.split(self.end, self._numels)
-        thetas: tuple[Tensor, ...] = ()
+        norm: Tensor | None = None
         with torch.autocast(self.start.device.type, enabled=False):
-            with torch.no_grad():
-                pieces = [torch.mul(a, c[0]).add_(b, alpha=c[-1]) for a, b in zip(starts, ends)]
-            if self.n_bends > 0:
-                thetas = torch.split(self.bends, self._numels, dim=1)  # (n, numel) views
-            if self.n_bends == 1:
-                pieces = [w.add_(c[1] * theta.view(-1)) for w, theta in zip(pieces, thetas)]
-            elif self.n_bends > 1:
-                middle = torch.tensor(c[1:-1], dtype=self.start.dtype, device=self.start.device)
-                pieces = [w.addmv_(theta.t(), middle) for w, theta in zip(pieces, thetas)]
+            if self.n_bends == 0:
+                pieces = _fixed_part(self.start, self.end, c, self._numels)
+                if squared_norm:
+                    norm = torch.stack([w.square().sum() for w in pieces]).sum()
+            else:
+                out = _CurveWeights.apply(self.bends, self.start, self.end, c, self._numels, squared_norm)
+                pieces, norm = (list(out[:-1]), out[-1]) if squared_norm else (list(out), None)
         weights = _PointWeights({n: w.view(shape) for n, w, shape in zip(self._names, pieces, self._shapes)})
-        weights.t, weights.coefficients, weights.thetas, weights.flat_pieces = t, c, thetas, pieces
+        weights.t, weights.squared_norm = t, norm
         return weights
 
     def squared_norm_at(self, t: float | Tensor, weights: dict[str, Tensor] | None = None) -> Tensor:
         """:math:`\\|w(t)\\|^2`, the quantity the paper's L2 regulariser penalises (summed per parameter tensor).
 
-        ``weights``: ``curve.weights_at(t)`` formed by the caller (not formed again). The penalty's gradient
-        reaches the bends on its own path, as :math:`c_k \\cdot 2 w(t) g` per bend, and is added to the loss's
-        :math:`c_k g_{loss}` there, as when :math:`w(t)` was formed once for the loss and once for the penalty
-        (so training gives the same bends to the last bit).
+        ``weights``: ``curve.weights_at(t, squared_norm=True)``, formed by the caller: its norm is returned, and
+        nothing is formed again. Its gradient reaches the bends as :math:`c_k \\cdot 2 w(t) g`, added to the
+        loss's :math:`c_k g_{loss}` as a separate product (see :class:`_CurveWeights`).
         """
         t = check_t(t)
         if weights is None:
-            weights = self.weights_at(t)
-        elif not isinstance(weights, _PointWeights) or weights.t != t or list(weights) != self._names:
-            raise ValueError(f"weights must be this curve's weights_at({t}) (formed by curve.weights_at(t))")
-        if not weights.thetas:
-            return torch.stack([w.square().sum() for w in weights.values()]).sum()
-        middle = weights.coefficients[1:-1]
-        return torch.stack([_SquaredNormThroughBends.apply(theta, w.detach(), middle)
-                            for theta, w in zip(weights.thetas, weights.flat_pieces)]).sum()
+            weights = self.weights_at(t, squared_norm=True)
+        if not isinstance(weights, _PointWeights) or weights.t != t or list(weights) != self._names:
+            raise ValueError(f"weights must be this curve's weights_at({t}, squared_norm=True)")
+        if weights.squared_norm is None:
+            raise ValueError(f"these weights were formed without their norm: form them with "
+                             f"curve.weights_at({t}, squared_norm=True) to share them with the penalty")
+        return weights.squared_norm
 
     # ---------------------------------------------------------------------------------- buffers at t
     def _other_buffers_at(self, t: float) -> dict[str, Tensor]:
@@ -480,9 +510,12 @@ class CurveObjective:
         ts = torch.rand(self.ts_per_step, generator=self.generator, dtype=torch.float64).tolist()
         terms = []
         for t in ts:
-            weights = curve.weights_at(t)  # once per t: the loss (all its forward passes) and the penalty share it
+            # w(t) formed once per t: the loss (all of its forward passes) and the penalty share it
+            weights = curve.weights_at(t, squared_norm=self.weight_decay != 0)
             loss = self.loss_fn(curve.point(t, weights), x, y)
-            terms.append(loss + 0.5 * self.weight_decay * curve.squared_norm_at(t, weights))
+            if self.weight_decay != 0:
+                loss = loss + 0.5 * self.weight_decay * curve.squared_norm_at(t, weights)
+            terms.append(loss)
         return terms[0] if len(terms) == 1 else torch.stack(terms).mean()
 
 

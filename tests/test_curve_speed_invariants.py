@@ -124,14 +124,44 @@ def test_squared_norm_is_the_flat_squared_norm_and_checks_its_weights() -> None:
     for t in (0.0, 0.4, 1.0):
         flat = _flat_formula(curve, t).detach().double()
         assert torch.allclose(curve.squared_norm_at(t).double(), flat.square().sum(), rtol=1e-6)
-        weights = curve.weights_at(t)
-        assert torch.equal(curve.squared_norm_at(t, weights), curve.squared_norm_at(t, weights))
+        weights = curve.weights_at(t, squared_norm=True)
+        assert torch.equal(curve.squared_norm_at(t, weights), curve.squared_norm_at(t))
+        assert torch.equal(torch.cat([w.reshape(-1) for w in weights.values()]), curve.flat_weights_at(t))
     with pytest.raises(ValueError, match="weights_at"):
-        curve.squared_norm_at(0.3, curve.weights_at(0.4))  # weights of another t
+        curve.squared_norm_at(0.3, curve.weights_at(0.4, squared_norm=True))  # weights of another t
     with pytest.raises(ValueError, match="weights_at"):
-        curve.squared_norm_at(0.3, dict(curve.weights_at(0.3)))  # a plain dict: not formed by this curve
+        curve.squared_norm_at(0.3, dict(curve.weights_at(0.3, squared_norm=True)))  # not formed by a curve
+    with pytest.raises(ValueError, match="squared_norm=True"):
+        curve.squared_norm_at(0.3, curve.weights_at(0.3))  # formed without its norm
     line = _curve("polychain", 0)
     assert not line.squared_norm_at(0.5).requires_grad
+    assert torch.allclose(line.squared_norm_at(0.5).double(), _flat_formula(line, 0.5).double().square().sum())
+
+
+def test_penalty_gradient_is_the_flat_penalty_gradient() -> None:
+    """d‖w(t)‖²/dθ_k, alone and with a loss on the same weights, bit for bit as the flat formula's."""
+    for n_bends in (1, 3):
+        curve = _curve("bezier", n_bends)
+        r = torch.randn(curve.start.shape, generator=torch.Generator().manual_seed(4))
+        for t in (0.0, 0.3, 1.0):
+            curve.bends.grad = None
+            weights = curve.weights_at(t, squared_norm=True)
+            (0.7 * curve.squared_norm_at(t, weights)).backward()
+            alone = curve.bends.grad.clone()
+            curve.bends.grad = None
+            (0.7 * _flat_formula(curve, t).square().sum()).backward()
+            assert torch.equal(alone, curve.bends.grad)
+            c = coefficient_list("bezier", t, n_bends)
+            expected = torch.stack([c[k + 1] * 1.4 * _flat_formula(curve, t).detach() for k in range(n_bends)])
+            assert torch.allclose(alone, expected, rtol=1e-5, atol=1e-6)
+            curve.bends.grad = None
+            weights = curve.weights_at(t, squared_norm=True)
+            loss = sum((w * p).sum() for w, p in zip(weights.values(), curve.unflatten(r).values()))
+            (loss + 0.7 * curve.squared_norm_at(t, weights)).backward()
+            both = curve.bends.grad.clone()
+            curve.bends.grad = None
+            ((_flat_formula(curve, t) * r).sum() + 0.7 * _flat_formula(curve, t).square().sum()).backward()
+            assert torch.equal(both, curve.bends.grad)
 
 
 class _Recorder(TorchDispatchMode):
@@ -178,9 +208,9 @@ def test_a_step_forms_w_once_per_t_and_shares_it(monkeypatch: pytest.MonkeyPatch
     calls: list[float] = []
     original = Curve.weights_at
 
-    def counting(self: Curve, t: float):  # type: ignore[no-untyped-def]
+    def counting(self: Curve, t: float, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(float(t))
-        return original(self, t)
+        return original(self, t, **kwargs)
 
     monkeypatch.setattr(Curve, "weights_at", counting)
 
@@ -244,3 +274,26 @@ def test_training_a_curve_changes_nothing_but_the_bends_and_matches_two_formatio
 
 def _copy_train(curve: Curve) -> Curve:
     return copy.deepcopy(curve).train()
+
+
+def test_parameters_left_out_of_the_loss_get_zero_or_penalty_gradients() -> None:
+    """A loss that uses some parameters only (the others' gradients are None inside autograd): their rows of
+    the bends' gradient are zero, or the penalty's alone; as with the flat formula."""
+    curve = _curve("polychain", 2)
+    for with_penalty in (False, True):
+        curve.bends.grad = None
+        weights = curve.weights_at(0.45, squared_norm=with_penalty)
+        loss = weights["fc.weight"].square().sum()
+        if with_penalty:
+            loss = loss + 0.3 * curve.squared_norm_at(0.45, weights)
+        loss.backward()
+        ours = curve.bends.grad.clone()
+        curve.bends.grad = None
+        flat = _flat_formula(curve, 0.45)
+        reference = curve.unflatten(flat)["fc.weight"].square().sum()
+        if with_penalty:
+            reference = reference + 0.3 * _flat_formula(curve, 0.45).square().sum()
+        reference.backward()
+        assert torch.equal(ours, curve.bends.grad)
+        conv = curve.unflatten(ours[0])["conv1.weight"]
+        assert (conv != 0).any() if with_penalty else (conv == 0).all()

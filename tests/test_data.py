@@ -1,8 +1,10 @@
 """Data loading (Fashion-MNIST sources, CIFAR-10 and SVHN readers on synthetic files) and seeded splits."""
 
 import gzip
+import importlib.util
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,24 +95,20 @@ def test_staging_is_keyed_by_the_source_folder(no_debian, tmp_path, monkeypatch)
     assert torch.equal(data.load_fashion_mnist("test", download=False).x, as_tensor(images_c))
 
 
-def _write_cifar(root, n_per_batch=4):
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    expected = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        pixels = rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=n_per_batch).tolist()
-        with open(folder / name, "wb") as handle:
-            pickle.dump({"data": pixels, "labels": labels}, handle)
-        expected[name] = (pixels, labels)
-    with open(folder / "batches.meta", "wb") as handle:
-        pickle.dump({"label_names": list(data.CLASS_NAMES["cifar10"])}, handle)
-    return expected
+def _synthetic_writers():
+    """scripts/make_synthetic_data.py: the one writer of synthetic CIFAR-10 and SVHN files (CI uses it too)."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / "make_synthetic_data.py"
+    spec = importlib.util.spec_from_file_location("make_synthetic_data", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+synthetic = _synthetic_writers()
 
 
 def test_cifar10_reader_on_synthetic_files(tmp_path):
-    expected = _write_cifar(tmp_path)
+    expected = synthetic.write_cifar10(tmp_path, n_train=20, n_test=4, seed=1)
     train = data.load_cifar10("train", root=tmp_path, verify_checksums=False)
     test = data.load_cifar10("test", root=tmp_path, verify_checksums=False)
     assert train.x.shape == (20, 3, 32, 32) and test.x.shape == (4, 3, 32, 32)
@@ -118,6 +116,13 @@ def test_cifar10_reader_on_synthetic_files(tmp_path):
     # CIFAR stores each image as 1024 red, then green, then blue values, row-major.
     assert torch.allclose(test.x, torch.from_numpy(pixels.reshape(4, 3, 32, 32)).float() / 255)
     assert test.y.tolist() == labels
+    # the training set is the five batches in order
+    batches = [expected[f"data_batch_{i}"] for i in range(1, 6)]
+    assert train.y.tolist() == [label for _, labels in batches for label in labels]
+    assert torch.equal(train.x, torch.from_numpy(np.concatenate([p for p, _ in batches]).reshape(20, 3, 32, 32))
+                       .float() / 255)
+    with open(tmp_path / "cifar-10-batches-py" / "batches.meta", "rb") as handle:
+        assert pickle.load(handle)["label_names"] == list(data.CLASS_NAMES["cifar10"])
 
 
 def test_cifar10_missing_is_a_clear_error(tmp_path):
@@ -126,16 +131,19 @@ def test_cifar10_missing_is_a_clear_error(tmp_path):
 
 
 def test_svhn_reader_on_synthetic_files(tmp_path):
-    from scipy.io import savemat
+    from scipy.io import loadmat
 
-    rng = np.random.default_rng(2)
-    images = rng.integers(0, 256, size=(32, 32, 3, 6), dtype=np.uint8)  # SVHN stores H×W×C×N
-    labels = np.array([[10], [1], [2], [10], [5], [9]], dtype=np.uint8)  # 10 means digit 0
-    savemat(tmp_path / "test_32x32.mat", {"X": images, "y": labels})
+    expected = synthetic.write_svhn(tmp_path, n_train=12, n_test=6, seed=2)
+    images, digits = expected["test"]
+    stored = loadmat(tmp_path / "test_32x32.mat")
+    assert stored["X"].shape == (32, 32, 3, 6)  # SVHN stores H×W×C×N
+    assert sorted(stored["y"].ravel().tolist()) == [1, 2, 3, 4, 5, 10]  # 10 means digit 0
     test = data.load_svhn("test", root=tmp_path, verify_checksums=False)
     assert test.x.shape == (6, 3, 32, 32)
-    assert test.y.tolist() == [0, 1, 2, 0, 5, 9]
+    assert test.y.tolist() == digits.tolist() and sorted(digits.tolist()) == [0, 1, 2, 3, 4, 5]
     assert torch.allclose(test.x[2], torch.from_numpy(images[..., 2]).permute(2, 0, 1).float() / 255)
+    assert len(data.load_svhn("train", root=tmp_path, verify_checksums=False)) == 12
+    (tmp_path / "train_32x32.mat").unlink()
     with pytest.raises(data.DatasetNotFoundError, match="train_32x32.mat"):
         data.load_svhn("train", root=tmp_path, verify_checksums=False)
 
