@@ -138,10 +138,10 @@ def tiny_profile() -> profiles.Profile:
     """The smoke profile cut down further: one epoch, one or two steps, a few dozen images everywhere."""
     cfg = profiles.get("smoke")
     return dataclasses.replace(
-        cfg, batch_size=64, eval_batch_size=64,
+        cfg, batch_size=64, eval_batch_size=64, n_bn_images=32,
         endpoints=dataclasses.replace(cfg.endpoints, epochs=1),
         robustness=dataclasses.replace(cfg.robustness, at_epochs=1, at_steps=1, curve_steps=2, robust_curve_steps=2,
-                                       eval_steps=1, n_eval=16, n_bn_images=32, n_points=3))
+                                       eval_steps=1, n_eval=16, n_points=3))
 
 
 # --------------------------------------------------------------------------------------- model snapshots

@@ -102,4 +102,4 @@ def test_profiles():
     assert profiles.get("smoke").n_train < profiles.get("cpu").n_train
     assert profiles.get("paper").dataset == "cifar10"
     with pytest.raises(ValueError, match="choose one of"):
-        profiles.get("gpu")
+        profiles.get("laptop")

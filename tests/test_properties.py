@@ -284,9 +284,6 @@ def smoothed_by_default(smoothing: float):
     return lambda model, x, y, smoothing=smoothing: F.cross_entropy(model(x), y, label_smoothing=smoothing)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: cache.describe ignores a function's default argument values "
-                   "(__defaults__/__kwdefaults__), so two loss functions made with the `s=s` idiom for different s "
-                   "get the same key and a cache entry trained with one is loaded for the other")
 def test_function_keys_follow_default_argument_values() -> None:
     assert key_of(smoothed_by_default(0.1)) != key_of(smoothed_by_default(0.2))
 
@@ -303,9 +300,6 @@ class Scaled(nn.Module):
         return self.fc(x) * self.scale
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: cache.describe keys an nn.Module by its class source, repr and "
-                   "state dict only, so two modules of one class whose plain attributes differ (here a scale used in "
-                   "forward) get the same key although they compute different functions")
 def test_module_keys_follow_plain_attributes_that_change_the_forward() -> None:
     one, two = Scaled(1.0), Scaled(2.0)
     two.load_state_dict(one.state_dict())

@@ -198,9 +198,6 @@ def test_empty_data_is_refused() -> None:
         fit(tiny_cnn(), [], epochs=1, show_progress=False)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: train.fit checks the loss, which is measured before each update, "
-                   "but not the weights after the last one; an update that overflows in the last step returns a model "
-                   "with inf/NaN weights (and load_or_train would cache it) with no error")
 def test_weights_that_become_non_finite_in_the_last_update_are_refused() -> None:
     def steep(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(net(x) * 1e3, y)  # a finite loss whose gradient, times lr, overflows float32
@@ -219,9 +216,6 @@ def test_sgd_config_refuses_bad_values(bad: dict) -> None:
         SGDConfig(**bad)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: SGDConfig does not check momentum; a NaN momentum passes "
-                   "torch.optim.SGD's own check (momentum < 0) and only shows up as a non-finite loss that fit blames "
-                   "on the learning rate, and a negative one fails only when fit builds the optimiser")
 @pytest.mark.parametrize("momentum", [float("nan"), -0.5])
 def test_sgd_config_refuses_a_bad_momentum(momentum: float) -> None:
     with pytest.raises(ValueError, match="momentum"):
