@@ -21,6 +21,8 @@ from mcar_lib.train import SGDConfig
 from helpers import batch, learnable, tiny_cnn, warm_bn
 
 QUICK = dict(steps=1, sgd=SGDConfig(lr=0.01), batch_size=8)
+QUICK_PATH = dict(training=repair.PathTraining(steps=1, batch_size=8, lr=0.01),
+                  selection=repair.TSelection(folds=2, ts=(0.0, 0.5, 1.0)))
 EMPTY = LabeledImages(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long))
 
 
@@ -67,7 +69,7 @@ def test_mismatched_endpoints_are_refused_naming_the_difference() -> None:
              (plain, tiny_cnn(1), r"endpoint a has no parameter 'bn1.weight'")]
     for a, other, message in cases:
         for join in (lambda: curves.Curve.between(a, other),
-                     lambda: repair.path_repair(a, other, learnable(20), **QUICK),
+                     lambda: repair.path_repair(a, other, learnable(20), **QUICK_PATH),
                      lambda: repair.noisy_model(a, other, learnable(20))):
             with pytest.raises(ValueError, match=message):
                 join()
@@ -98,12 +100,18 @@ def test_t_outside_the_unit_interval_is_refused_everywhere(t: float) -> None:
 def repairs(model: nn.Module, other: nn.Module, bonafide: LabeledImages) -> dict[str, Callable[[], object]]:
     """Every repair entry point, called with ``model`` as the (first) tampered model."""
     return {
-        "path_repair": lambda: repair.path_repair(model, other, bonafide, **QUICK),
-        "train_path": lambda: repair.train_path(model, other, bonafide, **QUICK),
+        "path_repair": lambda: repair.path_repair(model, other, bonafide, **QUICK_PATH),
+        "path_repair (one model)": lambda: repair.path_repair(model, repair.finetuned_endpoint(model, steps=1),
+                                                              bonafide, **QUICK_PATH),
+        "train_path": lambda: repair.train_path(model, other, bonafide, training=QUICK_PATH["training"]),
+        "cross_validated_table": lambda: repair.cross_validated_table(model, other, bonafide, folds=2,
+                                                                      training=QUICK_PATH["training"]),
         "finetune": lambda: repair.finetune(model, bonafide, **QUICK),
         "noisy_model": lambda: repair.noisy_model(model, other, bonafide),
         "fine_prune": lambda: repair.fine_prune(model, bonafide, steps=1),
-        "one_model_endpoints": lambda: repair.one_model_endpoints(model, bonafide, steps=1),
+        "finetuned_endpoint": lambda: repair.finetuned_endpoint(model, steps=1)(bonafide),
+        "repair (two models)": lambda: repair.repair([model, other], bonafide, **QUICK_PATH),
+        "repair (one model)": lambda: repair.repair(model, bonafide, second_endpoint_steps=1, **QUICK_PATH),
     }
 
 
@@ -158,9 +166,6 @@ def test_robust_evaluation_refuses_a_non_finite_model_naming_the_parameter(value
         attacks.robust_evaluate(attacks.Ensemble([tiny_cnn(0), bad]), [(x, y)], attacks.PGD(eps=0.1, steps=1))
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: attacks.pgd (and fgsm, PGD.__call__) check the images but not "
-                   "the model: with a NaN weight the input gradient is NaN, torch.sign(NaN) is 0, and pgd silently "
-                   "returns its starting point as the 'adversarial' example (only robust_evaluate checks the weights)")
 def test_pgd_refuses_a_non_finite_model() -> None:
     x, y = batch(4)
     with pytest.raises(ValueError, match="non-finite"):
@@ -203,10 +208,6 @@ def weight_curvature_calls(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
     }
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: hessian's weight-curvature functions (weight_hvp, "
-                   "weight_lambda_max, weight_top_eigenvalues) check neither the data nor the weights: NaN inputs or "
-                   "a NaN weight give NaN products and a NaN lambda_max (or a LinAlgError from eigh) instead of a "
-                   "ValueError naming the problem, unlike the input-curvature functions")
 @pytest.mark.parametrize("broken", ["data", "model"])
 @pytest.mark.parametrize("entry", list(weight_curvature_calls(nn.Linear(1, 1), *batch(1))))
 def test_weight_curvature_refuses_nan_inputs_and_non_finite_models(entry: str, broken: str) -> None:
