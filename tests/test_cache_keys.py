@@ -31,8 +31,8 @@ Call = Callable[[], Any]
 
 
 @pytest.fixture
-def keys(monkeypatch) -> Callable[[Call], tuple[str, ...]]:
-    """``keys(call)``: the canonical keys of every cache entry ``call()`` asks for, in order."""
+def recorder(monkeypatch) -> Callable[[Call], list[tuple[str, str]]]:
+    """``recorder(call)``: the name and canonical key of every cache entry ``call()`` asks for, in order."""
     configs: list[dict] = []
 
     def load_or_train(config, build, train):
@@ -46,13 +46,19 @@ def keys(monkeypatch) -> Callable[[Call], tuple[str, ...]]:
     monkeypatch.setattr(cache, "load_or_train", load_or_train)
     monkeypatch.setattr(cache, "cached_tensors", cached_tensors)
 
-    def run(call: Call) -> tuple[str, ...]:
+    def run(call: Call) -> list[tuple[str, str]]:
         configs.clear()
         call()
         assert configs, "the call asked the cache for nothing"
-        return tuple(cache.canonical_key(config) for config in configs)
+        return [(str(config.get("name", "")), cache.canonical_key(config)) for config in configs]
 
     return run
+
+
+@pytest.fixture
+def keys(recorder) -> Callable[[Call], tuple[str, ...]]:
+    """``keys(call)``: the canonical keys of every cache entry ``call()`` asks for, in order."""
+    return lambda call: tuple(key for _, key in recorder(call))
 
 
 def check(keys: Callable[[Call], tuple[str, ...]], base: Call, variations: dict[str, Call],
@@ -85,7 +91,7 @@ def section(cfg: Profile, name: str, **changes: Any) -> Profile:
     return dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name), **changes)})
 
 
-def split_with(splits: Splits, **changes: LabeledImages) -> Splits:
+def split_with(splits: Splits, **changes: Any) -> Splits:
     return dataclasses.replace(splits, **changes)
 
 
@@ -194,7 +200,7 @@ def measurement_variations(call: Callable[..., Call]) -> dict[str, Call]:
         "the pair": call(pair="regular-regular"), "the loss": call(loss="robust"), "the seed": call(seed=1),
         "the test images": call(splits=split_with(SPLITS, test=nudged(SPLITS.test))),
         "the bonafide images (BN statistics)": call(splits=split_with(SPLITS, bonafide=nudged(SPLITS.bonafide))),
-        "robustness.n_bn_images": call(section(CFG, "robustness", n_bn_images=16)),
+        "n_bn_images": call(section(CFG, "", n_bn_images=16)),
         "robustness.n_eval": call(section(CFG, "robustness", n_eval=8)),
         "robustness.eval_steps": call(section(CFG, "robustness", eval_steps=2)),
         "robustness.eps": call(section(CFG, "robustness", eps=0.2)),
@@ -278,10 +284,6 @@ def test_flatness_measures(keys) -> None:
     })
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: recipes.flatness_measures cuts its test images into batches of "
-                   "cfg.eval_batch_size, and worst_flatness optimises the weight perturbation per batch (its random "
-                   "starts are drawn batch by batch too), so the 'worst' value depends on eval_batch_size, which is "
-                   "not in the cache key: another batch size silently reuses the old entry")
 def test_flatness_measures_key_includes_the_evaluation_batch_size(keys) -> None:
     base = keys(lambda: recipes.flatness_measures(CFG, SPLITS, measured_model(), seed=0))
     other = keys(lambda: recipes.flatness_measures(section(CFG, "", eval_batch_size=8), SPLITS, measured_model(),
@@ -312,7 +314,7 @@ def test_path_flatness(keys) -> None:
         **{f"flatness.{name}": call(section(CFG, "flatness", **{name: value})) for name, value in (
             ("n_path", 8), ("xi", 0.25), ("path_weight_samples", 2), ("path_points", 3))},
         "curvature.n_samples": call(section(CFG, "curvature", n_samples=4)),
-        "robustness.n_bn_images": call(section(CFG, "robustness", n_bn_images=16)),
+        "n_bn_images": call(section(CFG, "", n_bn_images=16)),
         "robustness.eps": call(section(CFG, "robustness", eps=0.2)),
         "robustness.eval_steps": call(section(CFG, "robustness", eval_steps=2)),
     }, upstream={"robustness.curve_steps": call(section(CFG, "robustness", curve_steps=3)),
@@ -353,24 +355,62 @@ def test_finetune(keys) -> None:
                          "the loss function": call(loss_fn=smoothed), "the name": call(name="reference")})
 
 
+PATH = repair.PathTraining(steps=3, batch_size=8, lr=0.05)
+SINGLE = repair.TSelection(folds=0, ts=(0.0, 0.5, 1.0))
+
+
+def path_training_variations(call: Callable[..., Call]) -> dict[str, Call]:
+    """Every field of the path's training settings."""
+    return {f"training.{name}": call(training=dataclasses.replace(PATH, **{name: value})) for name, value in (
+        ("kind", "polychain"), ("n_bends", 2), ("steps", 4), ("batch_size", 16), ("lr", 0.01), ("weight_decay", 0.0),
+        ("schedule", "constant"), ("augment", True))}
+
+
 def test_train_path_and_path_repair(keys) -> None:
     def call(a: nn.Module | None = None, b: nn.Module | None = None, bonafide: LabeledImages = BONAFIDE,
              **kw: Any) -> Call:
-        settings = {"steps": 3, "sgd": SGD, "batch_size": 8, "cache": True, "ts": [0.0, 0.5, 1.0], **kw}
+        settings = {"training": PATH, "selection": SINGLE, "cache": True, **kw}
         return lambda: repair.path_repair(a or tampered(0), b or tampered(1), bonafide, **settings)
 
-    check(keys, call(), {**training_variations(call), "endpoint a": call(a=tampered(2)), "endpoint b": call(b=tampered(2)),
-                         "the kind": call(kind="polychain"), "n_bends": call(n_bends=2),
-                         "holdout_fraction": call(holdout_fraction=0.3), "the loss function": call(loss_fn=smoothed)})
+    check(keys, call(), {"the bonafide images": call(bonafide=nudged(BONAFIDE)),
+                         "the bonafide labels": call(bonafide=nudged(BONAFIDE, label=True)), "seed": call(seed=1),
+                         **path_training_variations(call), "endpoint a": call(a=tampered(2)),
+                         "endpoint b": call(b=tampered(2)),
+                         "holdout_fraction": call(selection=dataclasses.replace(SINGLE, holdout_fraction=0.3)),
+                         "the loss function": call(loss_fn=smoothed)})
     # what only chooses t on the trained curve does not retrain it
-    assert keys(call(ts=[0.0, 0.25, 1.0], tolerance=5.0)) == keys(call())
+    choice = dataclasses.replace(SINGLE, ts=(0.0, 0.25, 1.0), tolerance=5.0, rule="best_interior")
+    assert keys(call(selection=choice)) == keys(call())
+
+    # cross-validation: a path per fold, then the final path on all N images, which is the same path for any k
+    two, three = repair.TSelection(folds=2, ts=SINGLE.ts), repair.TSelection(folds=3, ts=SINGLE.ts)
+    by_two, by_three = keys(call(selection=two)), keys(call(selection=three))
+    assert len(by_two) == 3 and len(set(by_three)) == len(by_three) == 4
+    assert by_two[-1] == by_three[-1] and not set(by_two[:-1]) & set(by_three[:-1])
+    assert by_two[-1] not in keys(call()), "the final path sees all N images, the single-slice path fewer"
+    check(keys, call(selection=two), {
+        "the bonafide images": call(selection=two, bonafide=nudged(BONAFIDE)), "seed": call(selection=two, seed=1),
+        "endpoint b": call(selection=two, b=tampered(2)),
+        "training.steps": call(selection=two, training=dataclasses.replace(PATH, steps=4))})
 
     def direct(data: LabeledImages = BONAFIDE, **kw: Any) -> Call:
-        return lambda: repair.train_path(tampered(0), tampered(1), data, **{"steps": 3, "sgd": SGD, "batch_size": 8,
-                                                                            "cache": True, **kw})
+        return lambda: repair.train_path(tampered(0), tampered(1), data, **{"training": PATH, "cache": True, **kw})
 
-    check(keys, direct(), {"the data": direct(nudged(BONAFIDE)), "steps": direct(steps=4),
-                           "the kind": direct(kind="polychain"), "the loss function": direct(loss_fn=smoothed)})
+    check(keys, direct(), {"the data": direct(nudged(BONAFIDE)), "seed": direct(seed=1),
+                           **path_training_variations(direct), "the loss function": direct(loss_fn=smoothed)})
+
+
+def test_repair_one_call(keys) -> None:
+    def call(model: nn.Module | None = None, bonafide: LabeledImages = BONAFIDE, **kw: Any) -> Call:
+        settings = {"training": PATH, "selection": SINGLE, "second_endpoint_steps": 3, "cache": True, **kw}
+        return lambda: repair.repair(model or tampered(0), bonafide, **settings)
+
+    check(keys, call(), {"the bonafide images": call(bonafide=nudged(BONAFIDE)), "seed": call(seed=1),
+                         "the tampered model": call(tampered(1)), **path_training_variations(call)},
+          upstream={"second_endpoint_steps": call(second_endpoint_steps=4)})
+    pair = [tampered(0), tampered(1)]
+    assert keys(lambda: repair.repair(pair, BONAFIDE, training=PATH, selection=SINGLE, cache=True)) == \
+        keys(lambda: repair.path_repair(*pair, BONAFIDE, training=PATH, selection=SINGLE, cache=True))
 
 
 def test_train_from_scratch(keys) -> None:
@@ -397,14 +437,239 @@ def test_fine_prune(keys) -> None:
     assert few != most  # so that prune_step really changes what is pruned
     check(keys, call(), {**training_variations(call), "the model": call(tampered(1)),
                          "the pruned layer": call(layer="conv1"), "prune_step": call(prune_step=2),
-                         "holdout_fraction": call(holdout_fraction=0.3)})
+                         "the criterion": call(criterion="weight_norm")})
 
 
-def test_one_model_endpoints(keys) -> None:
+def test_finetuned_endpoint(keys) -> None:
     def call(model: nn.Module | None = None, bonafide: LabeledImages = BONAFIDE, **kw: Any) -> Call:
-        return lambda: repair.one_model_endpoints(model or tampered(), bonafide, **{"steps": 3, "sgd": SGD,
-                                                                                   "batch_size": 8, "cache": True,
-                                                                                   **kw})
+        settings = {"steps": 3, "sgd": SGD, "batch_size": 8, "cache": True, **kw}
+        return lambda: repair.finetuned_endpoint(model or tampered(), **settings)(bonafide)
 
-    check(keys, call(), {**training_variations(call), "the tampered model": call(tampered(1)),
-                         "holdout_fraction": call(holdout_fraction=0.3)})
+    check(keys, call(), {**training_variations(call), "the tampered model": call(tampered(1))})
+
+
+# ----------------------------------------------------------------------------- chapters 2 and 3: scenarios
+
+Entries = list[tuple[str, str]]
+#: Splits with few bonafide and test images: these recipes measure every repair on the test set at once.
+SMALL = synthetic_splits(n_bonafide=32, n_test=16)
+
+
+def small_caller(function: Callable[..., Any], **defaults: Any) -> Callable[..., Call]:
+    """:func:`caller` on :data:`SMALL`."""
+    def call(cfg: Profile = CFG, splits: Splits | None = None, **changes: Any) -> Call:
+        return lambda: function(cfg, splits or SMALL, **{**defaults, **changes})
+
+    return call
+
+
+def changed(before: Entries, after: Entries) -> set[str]:
+    """The names of the entries whose keys differ, matching the i-th entry of a name with the i-th of that name
+    (an entry only one side asked for counts as changed)."""
+    def by_name(entries: Entries) -> dict[tuple[str, int], str]:
+        seen: dict[str, int] = {}
+        out = {}
+        for name, key in entries:
+            out[(name, seen.get(name, 0))] = key
+            seen[name] = seen.get(name, 0) + 1
+        return out
+
+    a, b = by_name(before), by_name(after)
+    return {name for name, i in a.keys() | b.keys() if a.get((name, i)) != b.get((name, i))}
+
+
+def positions_changed(before: Entries, after: Entries) -> list[bool]:
+    assert len(before) == len(after)
+    return [k != j for (_, k), (_, j) in zip(before, after)]
+
+
+def expect(recorder: Callable[[Call], Entries], base: Call, variations: dict[str, tuple[Call, set[str]]]) -> Entries:
+    """Same inputs, same entries; each variation changes (at least) the entries named with it."""
+    reference = recorder(base)
+    assert recorder(base) == reference, "identical inputs gave different keys"
+    for label, (call, names) in variations.items():
+        missed = names - changed(reference, recorder(call))
+        assert not missed, f"changing {label} did not change the key of {sorted(missed)}"
+    return reference
+
+
+def test_backdoor_scenario(recorder) -> None:
+    call = small_caller(recipes.backdoor_scenario, repetition=0, device="cpu")
+    reference = recorder(call())
+    assert [name for name, _ in reference] == ["trained"] * 4  # two backdoored networks, then their clean twins
+    every, backdoored = [True] * 4, [True, True, False, False]
+    bd = "backdoor"
+    for label, variation, pattern in [
+        ("the repetition", call(repetition=1), every),
+        ("the splits' seed", call(splits=split_with(SMALL, seed=1)), every),
+        ("the training images", call(splits=split_with(SMALL, train=nudged(SMALL.train))), every),
+        ("backdoor.endpoint_epochs", call(section(CFG, bd, endpoint_epochs=2)), every),
+        ("backdoor.endpoint_lr", call(section(CFG, bd, endpoint_lr=0.01)), every),
+        ("endpoints.weight_decay", call(section(CFG, "endpoints", weight_decay=0.0)), every),
+        ("width", call(section(CFG, "", width=5)), every),
+        ("backdoor.target", call(section(CFG, bd, target=2)), backdoored),
+        ("backdoor.poison_rate", call(section(CFG, bd, poison_rate=0.2)), backdoored),
+        ("backdoor.trigger_size", call(section(CFG, bd, trigger_size=2)), backdoored),
+        ("backdoor.trigger_margin", call(section(CFG, bd, trigger_margin=2)), backdoored),
+    ]:
+        assert positions_changed(reference, recorder(variation)) == pattern, label
+
+
+PATH_ENTRY = "path-bezier-1"
+
+
+def test_backdoor_repairs(recorder) -> None:
+    scenario = recipes.backdoor_scenario(CFG, SMALL, 0, device="cpu")
+    other = recipes.backdoor_scenario(CFG, SMALL, 1, device="cpu")
+    call = small_caller(recipes.backdoor_repairs, scenario=scenario, n=16)
+    bd = "backdoor"
+
+    def path(**changes: Any) -> Profile:
+        return section(CFG, bd, path=dataclasses.replace(CFG.backdoor.path, **changes))
+
+    matched, reference_ft = "fine-tuning (matched)", "fine-tuning (reference recipe)"
+    pruning = {"fine-pruning", "filter pruning + fine-tuning"}
+    everything = {PATH_ENTRY, matched, reference_ft, "from scratch", *pruning}
+    base = expect(recorder, call(), {
+        "N": (call(n=8), everything),
+        "backdoor.path.lr": (call(path(lr=0.1)), {PATH_ENTRY}),
+        "backdoor.path.weight_decay": (call(path(weight_decay=0.0)), {PATH_ENTRY, matched, *pruning}),
+        "backdoor.path.batch_size": (call(path(batch_size=16)), everything),
+        "the repetition's networks": (call(scenario=other), everything),
+        "backdoor.folds": (call(section(CFG, bd, folds=3)), {PATH_ENTRY}),
+        "backdoor.holdout_fraction": (call(section(CFG, bd, holdout_fraction=0.3)), {PATH_ENTRY}),
+        "backdoor.finetune_lr": (call(section(CFG, bd, finetune_lr=0.01)), {matched, *pruning}),
+        "backdoor.reference_finetune_lr": (call(section(CFG, bd, reference_finetune_lr=0.05)), {reference_ft}),
+        "backdoor.scratch_lr": (call(section(CFG, bd, scratch_lr=0.1)), {"from scratch"}),
+        "backdoor.prune_finetune_steps": (call(section(CFG, bd, prune_finetune_steps=3)), pruning),
+    })
+    assert {name for name, _ in base} == everything
+    assert [name for name, _ in base].count(PATH_ENTRY) == CFG.backdoor.folds + 2  # folds, final, single slice
+    # what only chooses t, and chapter 3's settings, retrain nothing
+    for cfg in (section(CFG, bd, n_t=5, t_tolerance=1.0), section(CFG, "faults", finetune_lr=0.5)):
+        assert recorder(call(cfg)) == base
+
+
+def test_path_budget_trace(recorder) -> None:
+    scenario = recipes.backdoor_scenario(CFG, SMALL, 0, device="cpu")
+    call = small_caller(recipes.path_budget_trace, scenario=scenario, n=16)
+    bd = CFG.backdoor
+    reference = recorder(call())
+    assert [name for name, _ in reference] == [PATH_ENTRY] * (len(bd.trace_steps) + 1)  # each budget, then the paper's
+    n_book = len(bd.trace_steps)
+    later_budget = (*bd.trace_steps[:-1], bd.trace_steps[-1] + 1)
+    for label, variation, pattern in [
+        ("N", call(n=8), [True] * (n_book + 1)),
+        ("the repetition's networks", call(scenario=recipes.backdoor_scenario(CFG, SMALL, 1, device="cpu")),
+         [True] * (n_book + 1)),
+        ("the last budget", call(section(CFG, "backdoor", trace_steps=later_budget)),
+         [False] * (n_book - 1) + [True, False]),
+        ("backdoor.path.lr", call(section(CFG, "backdoor", path=dataclasses.replace(bd.path, lr=0.1))),
+         [True] * n_book + [False]),
+        ("backdoor.paper_path.lr",
+         call(section(CFG, "backdoor", paper_path=dataclasses.replace(bd.paper_path, lr=0.1))), [False] * n_book + [True]),
+    ]:
+        assert positions_changed(reference, recorder(variation)) == pattern, label
+
+
+def test_adaptive_attack(recorder) -> None:
+    scenario = recipes.backdoor_scenario(CFG, SMALL, 0, device="cpu")
+    call = small_caller(recipes.adaptive_attack, scenario=scenario, n=16)
+    reference = recorder(call())
+    assert recorder(call()) == reference
+    attacker = "path-aware-curve"
+    assert [name for name, _ in reference] == [attacker] + [PATH_ENTRY] * (CFG.backdoor.folds + 1)
+    bd, mc = "backdoor", "connectivity"
+    # (the attacker's curve changes?, the defender's paths change?); None: not asserted (with the stand-in
+    # networks the attacker's untrained curve releases the same models whatever its training settings)
+    for label, variation, (curve_changes, paths_change) in [
+        ("the repetition (networks, poisoned data)",
+         call(scenario=recipes.backdoor_scenario(CFG, SMALL, 1, device="cpu")), (True, True)),
+        ("backdoor.adaptive_steps", call(section(CFG, bd, adaptive_steps=3)), (True, None)),
+        ("connectivity.curve_lr", call(section(CFG, mc, curve_lr=0.1)), (True, None)),
+        ("connectivity.curve_schedule", call(section(CFG, mc, curve_schedule="constant")), (True, None)),
+        ("batch_size", call(section(CFG, "", batch_size=32)), (True, None)),
+        ("n_bends", call(section(CFG, "", n_bends=2)), (True, None)),
+        ("backdoor.adaptive_release", call(section(CFG, bd, adaptive_release=(0.2, 0.8))), (False, True)),
+        ("N", call(n=8), (False, True)),
+        ("backdoor.path.lr", call(section(CFG, bd, path=dataclasses.replace(CFG.backdoor.path, lr=0.1))),
+         (False, True)),
+    ]:
+        changes = positions_changed(reference, recorder(variation))
+        assert changes[0] == curve_changes, label
+        if paths_change is not None:
+            assert changes[1:] == [paths_change] * (len(changes) - 1), label
+
+
+class _Oracle(nn.Module):
+    """Answers the label of each image of ``data`` (looked up by its pixels)."""
+
+    def __init__(self, data: LabeledImages, n_classes: int = 10) -> None:
+        super().__init__()
+        self.images, self.labels, self.n_classes = data.x.flatten(1), data.y, n_classes
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        index = (x.flatten(1)[:, None, :] == self.images[None]).all(-1).int().argmax(1)
+        return F.one_hot(self.labels[index], self.n_classes).float() + 0 * self.dummy
+
+
+@pytest.fixture
+def any_correct(monkeypatch) -> None:
+    """``faults.pick_targets`` draws S and the keep-set among images every model classifies correctly; the
+    untrained stand-ins classify almost nothing correctly, so let it see an oracle instead (its seeded draw,
+    sizes and wrong labels are the real ones)."""
+    real = faults.pick_targets
+    monkeypatch.setattr(faults, "pick_targets", lambda models, data, **kw: real(_Oracle(data), data, **kw))
+
+
+def test_fault_scenario(recorder, any_correct) -> None:
+    call = small_caller(recipes.fault_scenario, repetition=0, device="cpu")
+    conv = small_caller(recipes.fault_scenario, repetition=0, site="convolution", device="cpu")
+    reference, conv_reference = recorder(call()), recorder(conv())
+    assert [name for name, _ in reference] == ["trained", "trained", "injected", "injected"]
+    every, injected = [True] * 4, [False, False, True, True]
+    assert positions_changed(reference, conv_reference) == injected
+    ei = "faults"
+    for label, variation, base, pattern in [
+        ("the repetition", call(repetition=1), reference, every),
+        ("the training images", call(splits=split_with(SMALL, train=nudged(SMALL.train))), reference, every),
+        ("endpoints.epochs", call(section(CFG, "endpoints", epochs=2)), reference, [True, True, False, False]),
+        *[(f"faults.{name}", call(section(CFG, ei, **{name: value})), reference, injected) for name, value in (
+            ("n_sneak", 3), ("n_keep", 32), ("keep_sample", 16), ("sneak_steps", 6), ("sneak_lr", 0.05),
+            ("kappa", 2.0), ("sneak_schedule", "constant"), ("param_names", ("fc.bias",)))],
+        *[(f"faults.{name} (convolution)", conv(section(CFG, ei, **{name: value})), conv_reference, injected)
+          for name, value in (("conv_sneak_lr", 0.1), ("conv_keep_weight", 2.0),
+                              ("conv_param_names", ("conv1.weight",)), ("n_sneak", 3), ("kappa", 2.0))],
+        # each site reads only its own learning rate and parameters
+        ("faults.conv_sneak_lr (classifier)", call(section(CFG, ei, conv_sneak_lr=0.1)), reference, [False] * 4),
+        ("faults.sneak_lr (convolution)", conv(section(CFG, ei, sneak_lr=0.05)), conv_reference, [False] * 4),
+    ]:
+        assert positions_changed(base, recorder(variation)) == pattern, label
+
+
+def test_fault_repairs(recorder, any_correct) -> None:
+    scenario = recipes.fault_scenario(CFG, SMALL, 0, device="cpu")
+    other = recipes.fault_scenario(CFG, SMALL, 1, device="cpu")
+    call = small_caller(recipes.fault_repairs, scenario=scenario, n=16)
+    matched, reference_ft = "fine-tuning (matched)", "fine-tuning (reference recipe)"
+    everything = {PATH_ENTRY, matched, reference_ft}
+    ei = "faults"
+
+    def path(**changes: Any) -> Profile:
+        return section(CFG, ei, path=dataclasses.replace(CFG.faults.path, **changes))
+
+    base = expect(recorder, call(), {
+        "N": (call(n=8), everything),
+        "the bonafide images": (call(splits=split_with(SMALL, bonafide=nudged(SMALL.bonafide))), everything),
+        "the repetition's networks": (call(scenario=other), everything),
+        "faults.path.steps": (call(path(steps=5)), everything),
+        "faults.path.lr": (call(path(lr=0.1)), {PATH_ENTRY}),
+        "faults.path.weight_decay": (call(path(weight_decay=0.0)), {PATH_ENTRY, matched}),
+        "faults.folds": (call(section(CFG, ei, folds=3)), {PATH_ENTRY}),
+        "faults.finetune_lr": (call(section(CFG, ei, finetune_lr=0.01)), {matched}),
+        "faults.reference_finetune_lr": (call(section(CFG, ei, reference_finetune_lr=0.05)), {reference_ft}),
+    })
+    assert {name for name, _ in base} == everything
+    for cfg in (section(CFG, ei, n_t=5, t_tolerance=1.0), section(CFG, "backdoor", finetune_lr=0.5)):
+        assert recorder(call(cfg)) == base, "a setting that only chooses t, or chapter 2's, retrained something"
