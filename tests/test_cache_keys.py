@@ -567,7 +567,8 @@ def test_path_budget_trace(recorder) -> None:
         ("backdoor.path.lr", call(section(CFG, "backdoor", path=dataclasses.replace(bd.path, lr=0.1))),
          [True] * n_book + [False]),
         ("backdoor.paper_path.lr",
-         call(section(CFG, "backdoor", paper_path=dataclasses.replace(bd.paper_path, lr=0.1))), [False] * n_book + [True]),
+         call(section(CFG, "backdoor", paper_path=dataclasses.replace(bd.paper_path, lr=0.1))),
+         [False] * n_book + [True]),
     ]:
         assert positions_changed(reference, recorder(variation)) == pattern, label
 
