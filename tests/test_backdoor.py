@@ -1,16 +1,19 @@
-"""Triggers land where configured, poisoning honours its rate exactly, and ASR leaves the target class out."""
+"""Triggers land where configured, poisoning honours its rate exactly, ASR leaves the target class out, the path-aware
+attacker releases points of its trained curve, and relapse measures a backdoor coming back."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mcar_lib import backdoor
+from mcar_lib import backdoor, curves, repair
 from mcar_lib.backdoor import BlendTrigger, PatchTrigger
 from mcar_lib.data import LabeledImages
+from mcar_lib.train import SGDConfig
 
-from helpers import ConstantClassifier
+from helpers import ConstantClassifier, assert_unchanged, learnable, same_weights, small_cnn, snapshot
 
 
 def _images(n: int, c: int, h: int, w: int, seed: int = 0) -> Tensor:
@@ -165,3 +168,70 @@ def test_metrics_accept_any_iterable_of_batches_and_reject_empty_sources() -> No
     only_target = LabeledImages(data.x[:6], data.y[:6])
     with pytest.raises(ValueError, match="other than the target"):
         backdoor.attack_success_rate(model, only_target, PatchTrigger(size=2), 0)
+
+
+# ------------------------------------------------------------------------ path-aware attacker and relapse
+
+def _poisoned_set(n: int = 60, seed: int = 0) -> LabeledImages:
+    """Learnable images, half of every non-target class triggered and relabelled as class 0."""
+    return backdoor.poison(learnable(n, seed=seed), PatchTrigger(size=2, margin=0), target=0, rate=0.5, seed=seed).data
+
+
+def _mean_loss(model: nn.Module, data: LabeledImages) -> float:
+    with torch.no_grad():
+        return float(F.cross_entropy(model.eval()(data.x), data.y))
+
+
+def test_fit_path_aware_trains_a_copy_of_the_curve_on_the_poisoned_data() -> None:
+    poisoned = _poisoned_set()
+    curve = curves.Curve.between(small_cnn(0), small_cnn(1))
+    bends, start, end = curve.bends.detach().clone(), curve.start.clone(), curve.end.clone()
+    sgd = SGDConfig(lr=0.1)
+    trained = backdoor.fit_path_aware(curve, poisoned, steps=30, sgd=sgd, batch_size=16, seed=0)
+    assert trained is not curve and torch.equal(curve.bends, bends), "the attacker's input curve is not changed"
+    assert torch.equal(trained.start, start) and torch.equal(trained.end, end), "the endpoints stay where they are"
+    assert not torch.equal(trained.bends, bends)
+    before, after = (_mean_loss(c.at(0.5, bn_data=poisoned), poisoned) for c in (curve, trained))
+    assert after < before, "the middle of the path fits the poisoned data better after training"
+    again = backdoor.fit_path_aware(curve, poisoned, steps=30, sgd=sgd, batch_size=16, seed=0)
+    assert torch.equal(again.bends, trained.bends)
+
+
+def test_released_models_lie_on_the_trained_curve() -> None:
+    poisoned = _poisoned_set()
+    curve = backdoor.fit_path_aware(curves.Curve.between(small_cnn(0), small_cnn(1)), poisoned, steps=5,
+                                    sgd=SGDConfig(lr=0.1), batch_size=16, seed=1)
+    released = backdoor.release(curve, poisoned, ts=(0.25, 0.75))
+    assert len(released) == 2
+    for t, model in zip((0.25, 0.75), released):
+        expected = curve.at(t, bn_data=poisoned)
+        assert same_weights(model, expected)  # the curve's weights at t, batch norm from the attacker's data
+        assert not model.training
+    assert not same_weights(released[0], released[1])
+    default = backdoor.release(curve, poisoned)
+    assert all(same_weights(m, r) for m, r in zip(default, released))  # (0.25, 0.75) by default
+    for bad in ((0.5, 1.5), (-0.1,)):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            backdoor.release(curve, poisoned, ts=bad)
+
+
+def test_relapse_starts_at_the_models_own_metrics_and_a_poisoned_set_brings_the_backdoor() -> None:
+    trigger, target = PatchTrigger(size=2, margin=0), 0
+    clean = repair.finetune(small_cnn(0), learnable(90), steps=60, sgd=SGDConfig(lr=0.1), batch_size=16).model
+    test = learnable(60, seed=3)
+    sources = learnable(60, seed=5)
+    sources = sources.subset(sources.y != target)
+    attacker = LabeledImages(trigger.apply(sources.x), torch.full((len(sources),), target))  # purely poisoned
+    snap = snapshot(clean)
+    table = backdoor.relapse(clean, attacker, test, trigger, target, steps=20, every=5,
+                             sgd=SGDConfig(lr=0.05, schedule="constant"), batch_size=16, seed=0)
+    assert_unchanged(clean, snap)
+    assert list(table.columns) == ["step", "clean_accuracy", "asr"]
+    assert table["step"].tolist() == [0, 5, 10, 15, 20]
+    own = backdoor.backdoor_metrics(clean, test, trigger, target)
+    assert table.loc[0, "clean_accuracy"] == pytest.approx(own.clean_accuracy)
+    assert table.loc[0, "asr"] == pytest.approx(own.attack_success_rate)
+    assert table["asr"].iloc[-1] > table.loc[0, "asr"]
+    for bad in (dict(steps=0), dict(every=0)):
+        with pytest.raises(ValueError, match="must be positive"):
+            backdoor.relapse(clean, attacker, test, trigger, target, **{"steps": 4, "every": 2, **bad})
