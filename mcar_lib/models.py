@@ -63,23 +63,30 @@ _VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, 
 
 
 class VGG16(nn.Module):
-    """Garipov's CIFAR VGG16 without batch norm (≈15.2 M parameters for 10 classes)."""
+    """Garipov's CIFAR VGG16 without batch norm (≈15.2 M parameters for 10 classes at ``width`` 64).
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 10) -> None:
+    ``width`` is the first block's channels (the paper's 64); every layer scales with it, so a narrow VGG16 has the
+    same layers, names and code path at a fraction of the cost (the ``*_smoke`` profiles use one).
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 64) -> None:
         super().__init__()
+        if width < 1:
+            raise ValueError(f"width must be a positive number of channels, got {width}")
         layers: list[nn.Module] = []
         channels = in_channels
         for item in _VGG16_LAYOUT:
             if item == "M":
                 layers.append(nn.MaxPool2d(2, 2))
             else:
-                layers += [nn.Conv2d(channels, int(item), 3, padding=1), nn.ReLU(inplace=True)]
-                channels = int(item)
+                out = max(1, int(item) * width // 64)
+                layers += [nn.Conv2d(channels, out, 3, padding=1), nn.ReLU(inplace=True)]
+                channels = out
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
-            nn.Dropout(), nn.Linear(512, 512), nn.ReLU(inplace=True),
-            nn.Dropout(), nn.Linear(512, 512), nn.ReLU(inplace=True),
-            nn.Linear(512, num_classes),
+            nn.Dropout(), nn.Linear(channels, channels), nn.ReLU(inplace=True),
+            nn.Dropout(), nn.Linear(channels, channels), nn.ReLU(inplace=True),
+            nn.Linear(channels, num_classes),
         )
         for module in self.modules():  # He initialisation of the convolutions, as in the reference code
             if isinstance(module, nn.Conv2d):
@@ -114,22 +121,25 @@ class PreActBlock(nn.Module):
 
 
 class PreResNet(nn.Module):
-    """Pre-activation ResNet for 32×32 images; ``depth = 6n + 2`` gives n BasicBlocks per stage (16/32/64)."""
+    """Pre-activation ResNet for 32×32 images; ``depth = 6n + 2`` gives n BasicBlocks per stage, with
+    ``width``, 2·``width`` and 4·``width`` channels (16/32/64 in the paper)."""
 
-    def __init__(self, depth: int = 26, in_channels: int = 3, num_classes: int = 10) -> None:
+    def __init__(self, depth: int = 26, in_channels: int = 3, num_classes: int = 10, width: int = 16) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"depth must be 6n + 2 with n >= 1 (e.g. 26 or 110), got {depth}")
+        if width < 1:
+            raise ValueError(f"width must be a positive number of channels, got {width}")
         n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
-        stages, in_planes = [], 16
-        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        stages, in_planes = [], width
+        for planes, stride in ((width, 1), (2 * width, 2), (4 * width, 2)):
             blocks = [PreActBlock(in_planes, planes, stride)] + [PreActBlock(planes, planes) for _ in range(n - 1)]
             stages.append(nn.Sequential(*blocks))
             in_planes = planes
         self.layer1, self.layer2, self.layer3 = stages
-        self.bn = nn.BatchNorm2d(64)
-        self.fc = nn.Linear(64, num_classes)
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.fc = nn.Linear(in_planes, num_classes)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
@@ -157,7 +167,7 @@ def build(name: str, **kwargs: Any) -> nn.Module:
     """A freshly initialised model by name (see :data:`ARCHITECTURES`); ``kwargs`` go to its constructor.
 
     ``small_cnn`` takes ``in_channels`` (1), ``num_classes`` (10), ``width`` (16), ``image_size`` (28); ``vgg16`` and
-    ``preresnet26`` take ``in_channels`` (3) and ``num_classes`` (10). Seed torch first for a repeatable
+    ``preresnet26`` take ``in_channels`` (3), ``num_classes`` (10) and ``width`` (64 and 16). Seed torch first for a repeatable
     initialisation (``mcar_lib.repro.seed_everything``).
     """
     if name not in _BUILDERS:
@@ -186,6 +196,9 @@ def count_parameters(model: nn.Module) -> int:
 
 # ------------------------------------------------------------------------------------ trained endpoints
 
+_DEFAULT_WIDTH = {"vgg16": 64, "preresnet26": 16}
+
+
 def architecture_kwargs(name: str, image_shape: tuple[int, int, int], *, width: int | None = None,
                         num_classes: int = 10) -> dict[str, Any]:
     """The :func:`build` arguments that fit images of ``image_shape`` (C, H, W) for architecture ``name``."""
@@ -200,7 +213,10 @@ def architecture_kwargs(name: str, image_shape: tuple[int, int, int], *, width: 
     if name in ("vgg16", "preresnet26"):
         if (height, width_px) != (32, 32):
             raise ValueError(f"{name} is built for 32×32 images, got {height}×{width_px}: pad or resize the data")
-        return {"in_channels": channels, "num_classes": num_classes}
+        kwargs = {"in_channels": channels, "num_classes": num_classes}
+        if width is not None and width != _DEFAULT_WIDTH[name]:  # the paper's width keeps its old cache key
+            kwargs["width"] = width
+        return kwargs
     raise ValueError(f"unknown architecture {name!r}; choose one of {ARCHITECTURES}")
 
 

@@ -54,6 +54,23 @@ def test_preresnet26_has_four_basic_blocks_per_stage() -> None:
     assert model.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_narrow_paper_architectures_keep_every_layer_and_name() -> None:
+    # the *_smoke profiles run the paper's code path on narrow networks: same parameter names, fewer channels
+    for name, default, narrow in (("vgg16", 64, 8), ("preresnet26", 16, 2)):
+        wide, thin = models.build(name), models.build(name, width=narrow)
+        assert [n for n, _ in wide.named_parameters()] == [n for n, _ in thin.named_parameters()]
+        first = next(m for m in thin.modules() if isinstance(m, nn.Conv2d))
+        assert first.out_channels == narrow
+        assert thin.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+        assert models.architecture_kwargs(name, (3, 32, 32), width=default) == {"in_channels": 3, "num_classes": 10}
+        assert models.architecture_kwargs(name, (3, 32, 32), width=narrow)["width"] == narrow
+    layout = [8, 8, 16, 16, 32, 32, 32, 64, 64, 64, 64, 64, 64]
+    convs = sum(_conv(cin, cout) for cin, cout in zip([3] + layout[:-1], layout))
+    assert models.count_parameters(models.build("vgg16", width=8)) == convs + (64 * 64 + 64) * 2 + 64 * 10 + 10
+    with pytest.raises(ValueError, match="width"):
+        models.build("vgg16", width=0)
+
+
 def test_last_conv_name_and_bad_input() -> None:
     assert models.last_conv_name(models.build("small_cnn", width=2)) == "conv2"
     assert models.last_conv_name(models.build("preresnet26")) == "layer3.3.conv2"
