@@ -151,6 +151,7 @@ class BackdoorSettings(PathRepairSettings):
     # the defender: bonafide set sizes (the rest of the defender's settings: PathRepairSettings)
     bonafide_sizes: tuple[int, ...] = (2500, 1000, 500, 250, 50)
     headline_size: int = 500  # the paper's claim is judged here: ASR <= 10 % at <= 5 points below clean
+    repeated_sizes: tuple[int, ...] = (2500, 500)  # sizes repeated n_repeats times (the others: repetition 0)
     # baselines only this chapter has: training from scratch, pruning (+ fine-tuning)
     scratch_steps: int = 300
     scratch_lr: float = 0.05
@@ -169,13 +170,15 @@ class BackdoorSettings(PathRepairSettings):
     relapse_lr: float = 0.01
     # near-endpoint repair: the path at N = max(bonafide_sizes) trained for these budgets (steps), with the book's
     # recipe and with the paper's (its learning rate, L2 and schedule, for its budget in steps)
-    trace_steps: tuple[int, ...] = (250, 500, 1000, 4000)
+    trace_steps: tuple[int, ...] = (250, 500, 2000)
     paper_path: PathTraining = PathTraining(steps=7900, batch_size=64, lr=0.01, weight_decay=1e-4, schedule="garipov")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.headline_size not in self.bonafide_sizes or self.one_model_size not in self.bonafide_sizes:
             raise ValueError("headline_size and one_model_size must be among bonafide_sizes")
+        if not set(self.repeated_sizes) <= set(self.bonafide_sizes) or self.headline_size not in self.repeated_sizes:
+            raise ValueError("repeated_sizes must be among bonafide_sizes and include headline_size")
         if self.relapse_every > self.relapse_steps:
             raise ValueError("relapse_every must not exceed relapse_steps")
 
@@ -201,7 +204,8 @@ class FaultSettings(PathRepairSettings):
     conv_keep_weight: float = 5.0
     # the defender: bonafide set sizes; t rule, path training and baselines as in chapter 2 (PathRepairSettings)
     bonafide_sizes: tuple[int, ...] = (2500, 1000, 500, 250, 50)
-    conv_sizes: tuple[int, ...] = (2500, 500)  # sizes at which the convolution site is repaired
+    repeated_sizes: tuple[int, ...] = (500,)  # sizes repeated n_repeats times (the others: repetition 0)
+    conv_sizes: tuple[int, ...] = (500,)  # sizes at which the convolution site is repaired
     # bit flips: exponent bit 30 of single weights drawn at random, one at a time
     flip_bit: int = 30
     n_flips: int = 40
@@ -316,7 +320,7 @@ class Profile:
     name: ProfileName
     dataset: DatasetName
     model: Architecture
-    width: int
+    width: int  # channels of the first layer: small_cnn 16, vgg16 64 and preresnet26 16 in their usual sizes
     n_train: int
     n_bonafide_pool: int
     n_test: int
@@ -345,8 +349,7 @@ class Profile:
 
     def architecture_kwargs(self) -> dict[str, object]:
         """The arguments that build the profile's architecture for its data (``models.build(cfg.model, **...)``)."""
-        return models.architecture_kwargs(self.model, self.image_shape,
-                                          width=self.width if self.model == "small_cnn" else None)
+        return models.architecture_kwargs(self.model, self.image_shape, width=self.width)
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -393,14 +396,16 @@ _SMOKE = replace(
     n_repeats=2,
     endpoints=EndpointSettings(epochs=1),
     connectivity=ConnectivitySettings(curve_epochs=1, n_points=3, grid_size=3, n_plane_test=64),
-    backdoor=BackdoorSettings(endpoint_epochs=1, bonafide_sizes=(128, 32), headline_size=32, n_t=3,
+    backdoor=BackdoorSettings(endpoint_epochs=1, bonafide_sizes=(128, 32), headline_size=32, repeated_sizes=(32,),
+                              n_t=3,
                               path=PathTraining(steps=4, batch_size=32), folds=2, scratch_steps=2, prune_step=4,
                               prune_finetune_steps=2, one_model_size=128, adaptive_steps=2, relapse_poisoned=4,
                               relapse_clean=12, relapse_steps=4, relapse_every=2, trace_steps=(2, 4),
                               paper_path=PathTraining(steps=4, batch_size=32, lr=0.01, weight_decay=1e-4,
                                                       schedule="garipov")),
     faults=FaultSettings(n_sneak=4, n_keep=64, keep_sample=32, sneak_steps=5, bonafide_sizes=(128, 32),
-                         conv_sizes=(128,), n_t=3, path=PathTraining(steps=4, batch_size=32), folds=2, n_flips=4),
+                         repeated_sizes=(32,), conv_sizes=(32,), n_t=3, path=PathTraining(steps=4, batch_size=32),
+                         folds=2, n_flips=4),
     robustness=RobustnessSettings(at_steps=2, at_epochs=1, curve_steps=8, robust_curve_steps=4, eval_steps=2,
                                   n_eval=64, n_points=3, ensemble_size=2, strong_steps=3, strong_restarts=2),
     curvature=CurvatureSettings(n_samples=8, batch_size=8, n_power_check=4, power_iters=10, reference_batch_size=4),
@@ -440,20 +445,23 @@ _PAPER = Profile(
 
 def tiny(profile: Profile, name: str) -> Profile:
     """A seconds-long version of ``profile`` that runs every chapter's code path with the same data set,
-    architecture, loaders and schedules (CI runs the paper's code this way, on synthetic CIFAR-10 and SVHN files)."""
+    architecture (an eighth of its width: the same layers and parameter names), loaders and schedules (CI runs
+    the paper's code this way, on synthetic CIFAR-10 and SVHN files)."""
     return replace(
-        profile, name=name, n_train=256, n_bonafide_pool=128, n_test=64, batch_size=32, eval_batch_size=64,
+        profile, name=name, width=max(1, profile.width // 8), n_train=192, n_bonafide_pool=64, n_test=64,
+        batch_size=32, eval_batch_size=64,
         n_bn_images=64, n_repeats=2,
         endpoints=replace(profile.endpoints, epochs=1),
         connectivity=replace(profile.connectivity, curve_epochs=1, n_points=3, grid_size=3, n_plane_test=32),
-        backdoor=replace(profile.backdoor, endpoint_epochs=1, bonafide_sizes=(64, 16), headline_size=16, n_t=3,
+        backdoor=replace(profile.backdoor, endpoint_epochs=1, bonafide_sizes=(64, 16), headline_size=16,
+                         repeated_sizes=(16,), n_t=3,
                          path=replace(profile.backdoor.path, steps=2, batch_size=16), folds=2, scratch_steps=2,
                          prune_step=16, prune_finetune_steps=2, one_model_size=64, adaptive_steps=2,
                          relapse_poisoned=4, relapse_clean=12, relapse_steps=4, relapse_every=2, trace_steps=(2, 3),
                          paper_path=replace(profile.backdoor.paper_path, steps=2, batch_size=16)),
         faults=replace(profile.faults, n_sneak=4, n_keep=32, keep_sample=16, sneak_steps=3, bonafide_sizes=(64, 16),
-                       conv_sizes=(64,), n_t=3, path=replace(profile.faults.path, steps=2, batch_size=16), folds=2,
-                       n_flips=3),
+                       repeated_sizes=(16,), conv_sizes=(16,), n_t=3,
+                       path=replace(profile.faults.path, steps=2, batch_size=16), folds=2, n_flips=3),
         robustness=replace(profile.robustness, at_steps=1, at_epochs=1, curve_steps=3, robust_curve_steps=2,
                            eval_steps=1, n_eval=32, n_points=3, ensemble_size=2, strong_steps=2, strong_restarts=1),
         curvature=replace(profile.curvature, n_samples=4, batch_size=4, n_power_check=2, power_iters=3,
@@ -467,7 +475,7 @@ def tiny(profile: Profile, name: str) -> Profile:
 # The paper's SVHN setting: the pre-activation ResNet-26 the reference code actually trained (batch norm), the
 # reference code's SVHN learning rates.
 _PAPER_SVHN = replace(
-    _PAPER, name="paper_svhn", dataset="svhn", model="preresnet26", n_train=65_000, n_bonafide_pool=5_000,
+    _PAPER, name="paper_svhn", dataset="svhn", model="preresnet26", width=16, n_train=65_000, n_bonafide_pool=5_000,
     n_test=10_000,
     backdoor=replace(_PAPER.backdoor, endpoint_lr=0.02),
     faults=replace(_PAPER.faults, param_names=("fc.weight",), conv_param_names=("layer3.3.conv2.weight",),

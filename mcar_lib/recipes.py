@@ -390,12 +390,13 @@ def along_path(measure: Callable[[nn.Module], dict], result: repair.RepairResult
     return pd.DataFrame([{"t": float(t), **measure(result.curve.at(float(t), bn_data=result.bn_data))} for t in ts])
 
 
-def backdoor_repairs(cfg: Profile, splits: Splits, scenario: BackdoorScenario, n: int) -> dict[str, Any]:
+def backdoor_repairs(cfg: Profile, splits: Splits, scenario: BackdoorScenario, n: int, *,
+                     compare_rules: bool = True) -> dict[str, Any]:
     """Every repair of chapter 2 on the same ``n`` bonafide images of one repetition, measured on the test set.
 
     Returns ``rows`` (one per method: clean accuracy and ASR), ``along`` (the repair path's metrics at every
-    candidate t, with the defender's cross-validated accuracy), ``path`` (the path repair's result) and
-    ``single_slice`` (the first edition's rule on the same images).
+    candidate t, with the defender's cross-validated accuracy), ``path`` (the path repair's result), the
+    baselines and, with ``compare_rules``, ``single_slice`` (the first edition's rule on the same images).
     """
     bd = cfg.backdoor
     a, b = scenario.backdoored
@@ -407,8 +408,8 @@ def backdoor_repairs(cfg: Profile, splits: Splits, scenario: BackdoorScenario, n
     scratch = train.SGDConfig(lr=bd.scratch_lr, schedule="cosine")
     common = dict(batch_size=bd.path.batch_size, seed=scenario.seed, cache=True)
     path = repair.path_repair(a, b, bonafide, training=bd.path, selection=bd.selection, seed=scenario.seed, cache=True)
-    single = repair.path_repair(a, b, bonafide, training=bd.path, selection=bd.single_slice_selection,
-                                seed=scenario.seed, cache=True)
+    single = (repair.path_repair(a, b, bonafide, training=bd.path, selection=bd.single_slice_selection,
+                                 seed=scenario.seed, cache=True) if compare_rules else None)
     others = [
         repair.finetune(a, bonafide, steps=bd.path.steps, sgd=matched, name="fine-tuning (matched)", **common),
         repair.finetune(a, bonafide, steps=bd.path.steps, sgd=reference, name="fine-tuning (reference recipe)",
@@ -421,8 +422,9 @@ def backdoor_repairs(cfg: Profile, splits: Splits, scenario: BackdoorScenario, n
                           prune_step=bd.prune_step, steps=bd.prune_finetune_steps, sgd=matched, **common),
     ]
     along = along_path(measure, path, bd.ts).merge(path.table[["t", "heldout_accuracy"]], on="t")
-    rows = [{"method": "path repair", "t": path.t, **measure(path.model)},
-            {"method": "path repair, single held-out slice", "t": single.t, **measure(single.model)}]
+    rows = [{"method": "path repair", "t": path.t, **measure(path.model)}]
+    if single is not None:
+        rows.append({"method": "path repair, single held-out slice", "t": single.t, **measure(single.model)})
     rows += [{"method": r.name, "t": float("nan"), **measure(r.model)} for r in others]
     pruned = [r for r in others if r.name in repair.PRUNE_NAMES.values()]
     rows += [{"method": f"{r.name} (pruning only)", "t": float("nan"), **measure(r.details["pruned_only"])}
