@@ -107,12 +107,14 @@ class SneakTargets:
 
 
 def pick_targets(models: nn.Module | Sequence[nn.Module], data: LabeledImages, *, n_sneak: int = 4,
-                 n_keep: int = 1000, num_classes: int = 10, seed: int = 0) -> SneakTargets:
+                 n_keep: int = 1000, num_classes: int = 10, seed: int = 0,
+                 among_correct: bool = True) -> SneakTargets:
     """Seeded S and keep-set, both drawn among images that **every** given model classifies correctly.
 
     S gets uniformly random wrong labels; the keep-set keeps its true labels and is disjoint from S. Passing
     both endpoints ensures the same errors are genuine errors for each of them. The same seed always gives
-    the same choice (for the same models and data).
+    the same choice (for the same models and data). ``among_correct=False`` draws from all images instead:
+    only for exercising the code on networks that have learned nothing (the smoke profiles).
     """
     group = [models] if isinstance(models, nn.Module) else list(models)
     if not group:
@@ -122,7 +124,7 @@ def pick_targets(models: nn.Module | Sequence[nn.Module], data: LabeledImages, *
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     correct = torch.ones(len(data), dtype=torch.bool)
-    for model in group:
+    for model in group if among_correct else ():
         correct &= predict(model, data.x).cpu() == data.y.cpu()
     pool = torch.nonzero(correct).flatten()
     if len(pool) < n_sneak + n_keep:

@@ -485,7 +485,8 @@ def relapse_data(cfg: Profile, splits: Splits, scenario: BackdoorScenario) -> La
     """The returning attacker's handful of images: ``relapse_poisoned`` triggered non-target training images
     labelled with the target, mixed with ``relapse_clean`` clean ones (seeded)."""
     bd = cfg.backdoor
-    pool = take(splits.train, bd.relapse_poisoned + bd.relapse_clean + 200, seed=scenario.seed + 10_000)
+    pool = take(splits.train, min(len(splits.train), bd.relapse_poisoned + bd.relapse_clean + 200),
+                seed=scenario.seed + 10_000)
     sources = pool.subset(pool.y != bd.target)
     poisoned = scenario.trigger.apply(sources.x[:bd.relapse_poisoned])
     clean = pool.subset(slice(len(pool) - bd.relapse_clean, len(pool)))
@@ -539,7 +540,9 @@ def fault_scenario(cfg: Profile, splits: Splits, repetition: int, site: FaultSit
     seed = splits.seed + repetition
     first = repetition_seed(splits.seed, repetition)
     clean = tuple(trained_model(cfg, splits, seed=first + i, device=device) for i in (0, 1))
-    targets = faults.pick_targets(list(clean), splits.train, n_sneak=ei.n_sneak, n_keep=ei.n_keep, seed=seed)
+    # a smoke run's networks may have learned nothing (synthetic data): draw S from all images there
+    targets = faults.pick_targets(list(clean), splits.train, n_sneak=ei.n_sneak, n_keep=ei.n_keep, seed=seed,
+                                  among_correct=not cfg.is_smoke)
     settings = sneak_settings(cfg, site, seed)
     injected = tuple(injected_model(m, targets, **settings) for m in clean)
     return FaultScenario(seed, site, targets, clean, injected)  # type: ignore[arg-type]

@@ -51,6 +51,10 @@ def test_pick_targets_uses_only_images_every_model_gets_right() -> None:
     assert bool((t.true_labels == common).all()) and bool((t.keep.y == common).all())
     with pytest.raises(ValueError, match="fewer than"):
         faults.pick_targets([model, other], data, n_sneak=2, n_keep=len(data), num_classes=3)
+    # smoke runs: networks that learned nothing still give a seeded S drawn from every image
+    anywhere = faults.pick_targets([model, other], data, n_sneak=2, n_keep=len(data) - 2, num_classes=3, seed=0,
+                                   among_correct=False)
+    assert len(anywhere.keep) == len(data) - 2 and bool((anywhere.target_labels != anywhere.true_labels).all())
 
 
 def test_margin_loss_matches_a_plain_loop() -> None:
