@@ -1,4 +1,5 @@
-"""The shared robustness recipes: endpoints and curves come from the cache, keyed by everything they depend on."""
+"""The shared recipes: endpoints and curves come from the cache, keyed by everything they depend on; the small
+recipes of chapters 2-4 (repetition seeds, the strong attack, the sneak settings per site, the relapse data)."""
 
 from __future__ import annotations
 
@@ -69,3 +70,69 @@ def test_trained_model_is_cached_and_seed_dependent(tmp_path, monkeypatch) -> No
     other = recipes.trained_model(cfg, splits, seed=2, device="cpu")
     assert not torch.equal(other.conv1.weight, first.conv1.weight)
     assert not first.training
+
+
+# ----------------------------------------------------------------------------- small recipes of chapters 2-4
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_repetition_seeds_give_disjoint_pairs_and_the_next_seed_reuses_all_but_one(seed: int) -> None:
+    n = 4
+    firsts = [recipes.repetition_seed(seed, r) for r in range(n)]
+    members = [{first, first + 1} for first in firsts]  # the two networks of a repetition's pair
+    assert all(not members[i] & members[j] for i in range(n) for j in range(i + 1, n))
+    next_run = {recipes.repetition_seed(seed + 1, r) for r in range(n)}
+    assert len(next_run & set(firsts)) == n - 1
+
+
+def test_strong_attack_follows_the_robustness_section() -> None:
+    cfg = tiny_profile()
+    attack = recipes.strong_attack(cfg)
+    rb = cfg.robustness
+    assert (attack.eps, attack.steps, attack.restarts, attack.norm) == (rb.eps, rb.strong_steps, rb.strong_restarts,
+                                                                      rb.norm)
+    assert attack.steps > recipes.eval_attack(cfg).steps or attack.restarts > 1
+
+
+def test_sneak_settings_pick_each_sites_parameters_and_learning_rate() -> None:
+    cfg = tiny_profile()
+    ei = cfg.faults
+    classifier = recipes.sneak_settings(cfg, "classifier", seed=4)
+    convolution = recipes.sneak_settings(cfg, "convolution", seed=4)
+    assert (classifier["param_names"], classifier["lr"], classifier["seed"]) == (list(ei.param_names), ei.sneak_lr, 4)
+    assert "keep_weight" not in classifier
+    assert (convolution["param_names"], convolution["lr"], convolution["keep_weight"]) == \
+        (list(ei.conv_param_names), ei.conv_sneak_lr, ei.conv_keep_weight)
+    shared = ("steps", "schedule", "kappa", "keep_sample", "seed")
+    assert all(classifier[k] == convolution[k] for k in shared)
+    with pytest.raises(ValueError, match="unknown fault site"):
+        recipes.sneak_settings(cfg, "batch_norm", seed=0)  # type: ignore[arg-type]
+
+
+def test_relapse_data_mixes_triggered_non_target_images_with_clean_ones() -> None:
+    cfg, splits = tiny_profile(), synthetic_splits()
+    bd = cfg.backdoor
+    scenario = recipes.BackdoorScenario(seed=3, trigger=recipes.backdoor_trigger(cfg), poisoned=None,  # type: ignore
+                                        backdoored=(), clean=())  # type: ignore[arg-type]
+    data = recipes.relapse_data(cfg, splits, scenario)
+    k = bd.relapse_poisoned
+    assert len(data) == k + bd.relapse_clean
+    assert data.y[:k].tolist() == [bd.target] * k
+
+    def index_in_train(image: torch.Tensor) -> int:
+        hits = torch.nonzero((splits.train.x == image).flatten(1).all(1)).flatten()
+        assert len(hits) == 1, "every image comes from the attacker's training split"
+        return int(hits[0])
+
+    rows, cols = scenario.trigger.region(*data.x.shape[-2:])
+    sources = []
+    for image in data.x[:k]:
+        assert torch.all(image[..., rows, cols] == scenario.trigger.value)
+        matches = [i for i in range(len(splits.train)) if torch.equal(scenario.trigger.apply(splits.train.x[i]), image)]
+        assert matches, "a poisoned image is a training image with the trigger"
+        assert all(int(splits.train.y[i]) != bd.target for i in matches)  # of another class than the target
+        sources += matches
+    clean = [index_in_train(image) for image in data.x[k:]]
+    assert data.y[k:].tolist() == [int(splits.train.y[i]) for i in clean]  # clean images keep their labels
+    assert not set(sources) & set(clean) and len(set(clean)) == len(clean)
+    again = recipes.relapse_data(cfg, splits, scenario)
+    assert torch.equal(again.x, data.x) and torch.equal(again.y, data.y)
