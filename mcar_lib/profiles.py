@@ -149,7 +149,7 @@ class BackdoorSettings(PathRepairSettings):
     endpoint_epochs: int = 3
     endpoint_lr: float = 0.05
     # the defender: bonafide set sizes (the rest of the defender's settings: PathRepairSettings)
-    bonafide_sizes: tuple[int, ...] = (2500, 1000, 500, 250, 50)
+    bonafide_sizes: tuple[int, ...] = (2500, 500, 50)
     headline_size: int = 500  # the paper's claim is judged here: ASR <= 10 % at <= 5 points below clean
     repeated_sizes: tuple[int, ...] = (2500, 500)  # sizes repeated n_repeats times (the others: repetition 0)
     # baselines only this chapter has: training from scratch, pruning (+ fine-tuning)
@@ -203,7 +203,7 @@ class FaultSettings(PathRepairSettings):
     conv_sneak_lr: float = 0.05
     conv_keep_weight: float = 5.0
     # the defender: bonafide set sizes; t rule, path training and baselines as in chapter 2 (PathRepairSettings)
-    bonafide_sizes: tuple[int, ...] = (2500, 1000, 500, 250, 50)
+    bonafide_sizes: tuple[int, ...] = (2500, 500, 50)
     repeated_sizes: tuple[int, ...] = (500,)  # sizes repeated n_repeats times (the others: repetition 0)
     conv_sizes: tuple[int, ...] = (500,)  # sizes at which the convolution site is repaired
     # bit flips: exponent bit 30 of single weights drawn at random, one at a time
@@ -417,18 +417,21 @@ _SMOKE = replace(
 # The paper's settings (a GPU profile): CIFAR-10 and VGG16 (no batch norm), the reference code's schedules and
 # budgets; one repetition (three would take days on a free GPU).
 _PAPER_PATH = PathTraining(steps=7_900, batch_size=128, lr=0.01, weight_decay=1e-4, schedule="garipov")
+_PAPER_SIZES = (2500, 1000, 500, 250, 50)  # the paper's bonafide sizes (the CPU profile keeps three of them)
 _PAPER = Profile(
     name="paper", dataset="cifar10", model="vgg16", width=64, n_train=45_000, n_bonafide_pool=5_000,
     n_test=10_000, batch_size=128, n_bn_images=5_000, n_repeats=1,
     endpoints=EndpointSettings(epochs=100, lr=0.05, schedule="garipov"),
     connectivity=ConnectivitySettings(curve_epochs=100, curve_lr=0.015, curve_schedule="garipov", n_points=31,
                                       grid_size=21, n_plane_test=2_000),
-    backdoor=BackdoorSettings(poison_rate=0.1, endpoint_epochs=100, endpoint_lr=0.005, n_t=31, path=_PAPER_PATH,
+    backdoor=BackdoorSettings(poison_rate=0.1, endpoint_epochs=100, endpoint_lr=0.005,
+                              bonafide_sizes=_PAPER_SIZES, n_t=31, path=_PAPER_PATH,
                               folds=5, finetune_lr=0.015, reference_finetune_lr=0.015,
                               reference_finetune_weight_decay=1e-4, scratch_steps=7_900, scratch_lr=0.02,
                               prune_finetune_steps=1_500, adaptive_steps=7_900, trace_steps=(1_000, 2_000, 7_900),
                               paper_path=_PAPER_PATH),
-    faults=FaultSettings(n_keep=996, keep_sample=None, param_names=("classifier.6.weight",),
+    faults=FaultSettings(n_keep=996, keep_sample=None, bonafide_sizes=_PAPER_SIZES,
+                         param_names=("classifier.6.weight",),
                          conv_param_names=("features.26.weight",), sneak_steps=500, n_t=31,
                          path=replace(_PAPER_PATH, steps=2_340), folds=5, finetune_lr=0.01, reference_finetune_lr=0.01,
                          reference_finetune_weight_decay=1e-4),

@@ -368,7 +368,10 @@ def backdoor_scenario(cfg: Profile, splits: Splits, repetition: int, *,
         return trained_model(cfg, splits, seed=init, train_data=data, epochs=bd.endpoint_epochs, lr=bd.endpoint_lr,
                              device=device)
 
-    inits = (2 * seed + 1, 2 * seed + 2)
+    # chapter 1's pair of this repetition: the clean twins are its networks (cached), the backdoored ones share
+    # their initialisation and data order
+    first = repetition_seed(splits.seed, repetition)
+    inits = (first, first + 1)
     return BackdoorScenario(seed, trigger, poisoned, tuple(network(i, poisoned.data) for i in inits),  # type: ignore
                             tuple(network(i, None) for i in inits))  # type: ignore[arg-type]
 
@@ -391,12 +394,13 @@ def along_path(measure: Callable[[nn.Module], dict], result: repair.RepairResult
 
 
 def backdoor_repairs(cfg: Profile, splits: Splits, scenario: BackdoorScenario, n: int, *,
-                     compare_rules: bool = True) -> dict[str, Any]:
+                     comparisons: bool = True) -> dict[str, Any]:
     """Every repair of chapter 2 on the same ``n`` bonafide images of one repetition, measured on the test set.
 
     Returns ``rows`` (one per method: clean accuracy and ASR), ``along`` (the repair path's metrics at every
-    candidate t, with the defender's cross-validated accuracy), ``path`` (the path repair's result), the
-    baselines and, with ``compare_rules``, ``single_slice`` (the first edition's rule on the same images).
+    candidate t, with the defender's cross-validated accuracy), ``path`` (the path repair's result) and the
+    baselines. ``comparisons`` adds the two secondary methods (the chapter runs them once, not per repetition):
+    ``single_slice``, the first edition's rule on the same images, and filter pruning by L1 norm.
     """
     bd = cfg.backdoor
     a, b = scenario.backdoored
@@ -409,7 +413,7 @@ def backdoor_repairs(cfg: Profile, splits: Splits, scenario: BackdoorScenario, n
     common = dict(batch_size=bd.path.batch_size, seed=scenario.seed, cache=True)
     path = repair.path_repair(a, b, bonafide, training=bd.path, selection=bd.selection, seed=scenario.seed, cache=True)
     single = (repair.path_repair(a, b, bonafide, training=bd.path, selection=bd.single_slice_selection,
-                                 seed=scenario.seed, cache=True) if compare_rules else None)
+                                 seed=scenario.seed, cache=True) if comparisons else None)
     others = [
         repair.finetune(a, bonafide, steps=bd.path.steps, sgd=matched, name="fine-tuning (matched)", **common),
         repair.finetune(a, bonafide, steps=bd.path.steps, sgd=reference, name="fine-tuning (reference recipe)",
@@ -418,9 +422,11 @@ def backdoor_repairs(cfg: Profile, splits: Splits, scenario: BackdoorScenario, n
         repair.noisy_model(a, b, bonafide, scale=bd.noisy_scale, seed=scenario.seed),
         repair.fine_prune(a, bonafide, criterion="activation", tolerance=bd.prune_tolerance, prune_step=bd.prune_step,
                           steps=bd.prune_finetune_steps, sgd=matched, **common),
-        repair.fine_prune(a, bonafide, criterion="weight_norm", tolerance=bd.prune_tolerance,
-                          prune_step=bd.prune_step, steps=bd.prune_finetune_steps, sgd=matched, **common),
     ]
+    if comparisons:
+        others.append(repair.fine_prune(a, bonafide, criterion="weight_norm", tolerance=bd.prune_tolerance,
+                                        prune_step=bd.prune_step, steps=bd.prune_finetune_steps, sgd=matched,
+                                        **common))
     along = along_path(measure, path, bd.ts).merge(path.table[["t", "heldout_accuracy"]], on="t")
     rows = [{"method": "path repair", "t": path.t, **measure(path.model)}]
     if single is not None:
