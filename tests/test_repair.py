@@ -546,3 +546,22 @@ def test_repair_refuses_bad_input_with_clear_errors() -> None:
         with pytest.raises(error, match=message):
             call()
     assert math.isfinite(repair.repair(a, bona, **quick)[1].t)  # the same call with good input works
+
+
+def test_augmented_path_training_sees_other_batches_and_is_seeded() -> None:
+    a, b, bona = small_cnn(0), small_cnn(1), learnable(24)
+    augmented = repair.PathTraining(steps=3, batch_size=8, lr=0.05, augment=True)
+    first = repair.train_path(a, b, bona, training=augmented, seed=2)
+    again = repair.train_path(a, b, bona, training=augmented, seed=2)
+    plain = repair.train_path(a, b, bona, training=QUICK, seed=2)
+    assert torch.equal(first.bends, again.bends)
+    assert not torch.equal(first.bends, plain.bends)
+
+
+def test_repair_report_without_the_endpoints_in_the_grid_compares_with_the_best_candidate() -> None:
+    a, b, bona = small_cnn(0), small_cnn(1), learnable(30)
+    selection = repair.TSelection(folds=2, ts=(0.2, 0.5, 0.8), tolerance=100.0)
+    _, report = repair.repair([a, b], bona, training=QUICK, selection=selection)
+    assert report.t == 0.5
+    assert report.endpoint_accuracy == report.table["heldout_accuracy"].max()
+    assert report.cost == pytest.approx(report.endpoint_accuracy - report.accuracy_at_t) and report.cost >= 0
