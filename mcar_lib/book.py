@@ -29,6 +29,7 @@ import ast
 import configparser
 import html
 import json
+import numbers
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -56,6 +57,25 @@ def glue(name: str, value: Any, display: bool = False) -> None:
     myst_glue(name, value, display=display)
 
 
+def _rounded(value: Any, decimals: int) -> Any:
+    """A glued number as the reader's table shows it: floats rounded (NumPy and torch scalars too), integers and
+    text as they are."""
+    if isinstance(value, (str, bool, numbers.Integral)):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    return int(number) if number.is_integer() and not _is_floating(value) else round(number, decimals)
+
+
+def _is_floating(value: Any) -> bool:
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        return isinstance(value, float)
+    return bool(getattr(dtype, "is_floating_point", False)) or getattr(dtype, "kind", "") == "f"
+
+
 def glue_table(values: Mapping[str, tuple[Any, str]], *, decimals: int = 2) -> pd.DataFrame:
     """Glue every value (``{name: (value, what it is)}``) and return the compact table a reader sees in the
     cell's output: the quantity, its value, and the glue name the prose cites.
@@ -66,8 +86,7 @@ def glue_table(values: Mapping[str, tuple[Any, str]], *, decimals: int = 2) -> p
     rows = []
     for name, (value, label) in values.items():
         glue(name, value)
-        shown = round(float(value), decimals) if isinstance(value, float) else value
-        rows.append({"quantity": label, "value": shown, "glued as": name})
+        rows.append({"quantity": label, "value": _rounded(value, decimals), "glued as": name})
     return pd.DataFrame(rows).set_index("quantity")
 
 

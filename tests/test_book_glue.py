@@ -54,9 +54,6 @@ def test_glue_table_without_myst_nb_still_returns_the_table(monkeypatch) -> None
     assert book.glue_table({"a": (1.0, "one")})["value"].tolist() == [1.0]
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: book.glue_table rounds only Python floats: a NumPy float32 or a "
-                   "torch scalar is glued as a plain number (glue calls .item()) but shown unrounded in the table "
-                   "('1.23456', 'tensor(2.3457)'), so the reader's table and the glued value disagree in form")
 def test_glue_table_shows_numpy_and_torch_scalars_like_the_glued_values(monkeypatch) -> None:
     store: list = []
     _fake_myst(monkeypatch, store)
