@@ -374,6 +374,8 @@ def load_cifar10(split: str = "train", root: str | os.PathLike | None = None, *,
     try:
         ds = cls(str(folder), train=split == "train", download=download)
     except (RuntimeError, OSError) as err:  # missing or corrupt files; no network for the download
+        if (folder / "cifar-10-batches-py").is_dir():
+            raise DatasetNotFoundError(_failed_check("CIFAR-10", folder / "cifar-10-batches-py", err)) from err
         raise DatasetNotFoundError(
             f"CIFAR-10 is not under {folder} and could not be downloaded ({type(err).__name__}: {err}); on a machine "
             f"with network access run torchvision.datasets.CIFAR10('{folder}', download=True), or put the python "
@@ -392,6 +394,8 @@ def load_svhn(split: str = "train", root: str | os.PathLike | None = None, *,
     try:
         ds = cls(str(folder), split=split, download=download)
     except (RuntimeError, OSError) as err:  # missing or corrupt files; no network for the download
+        if (folder / f"{split}_32x32.mat").is_file():
+            raise DatasetNotFoundError(_failed_check(f"SVHN ({split})", folder / f"{split}_32x32.mat", err)) from err
         raise DatasetNotFoundError(
             f"SVHN ({split}) is not under {folder} and could not be downloaded ({type(err).__name__}: {err}); on a "
             f"machine with network access run torchvision.datasets.SVHN('{folder}', split='{split}', download=True), "
@@ -399,6 +403,13 @@ def load_svhn(split: str = "train", root: str | os.PathLike | None = None, *,
         ) from err
     images = torch.from_numpy(ds.data).permute(0, 2, 3, 1)  # torchvision keeps SVHN as N×C×H×W
     return LabeledImages(_to_float_images(images), torch.from_numpy(ds.labels).long())
+
+
+def _failed_check(name: str, where: Path, err: Exception) -> str:
+    """The error for files that are there but that torchvision will not read (a failed MD5 check)."""
+    return (f"{name}: the files at {where} fail torchvision's MD5 check and could not be downloaded again "
+            f"({type(err).__name__}: {err}); if they are hand-made test files (scripts/make_synthetic_data.py) set "
+            f"${VERIFY_ENV}=0, otherwise delete them and download the data set again.")
 
 
 def _dataset_root(root: str | os.PathLike | None) -> Path:

@@ -251,17 +251,16 @@ def test_load_checks_md5_sums_unless_told_not_to(tmp_path, monkeypatch, offline,
     assert (tmp_path / "cifar-10-batches-py" / "test_batch").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: when CIFAR-10's files are present but fail torchvision's MD5 "
-                   "check (hand-made or truncated files) and no download is possible, load() says 'CIFAR-10 is not "
-                   "under <folder>', which is false, and does not mention $MCAR_VERIFY_CHECKSUMS=0, the fix for "
-                   "hand-made files")
-def test_a_failed_checksum_says_so_and_names_the_switch(tmp_path, monkeypatch, offline):
-    synthetic.write_cifar10(tmp_path, n_train=10, n_test=5, seed=3)
+@pytest.mark.parametrize("name", ["cifar10", "svhn"])
+def test_a_failed_checksum_says_so_and_names_the_switch(tmp_path, monkeypatch, offline, name):
+    writer = synthetic.write_cifar10 if name == "cifar10" else synthetic.write_svhn
+    writer(tmp_path, n_train=10, n_test=5, seed=3)
     monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))
     monkeypatch.delenv(data.VERIFY_ENV, raising=False)
     with pytest.raises(data.DatasetNotFoundError) as info:
-        data.load("cifar10", "test")
+        data.load(name, "test")
     assert data.VERIFY_ENV in str(info.value) and "is not under" not in str(info.value)
+    assert "MD5" in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "svhn"])
