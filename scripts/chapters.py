@@ -40,6 +40,7 @@ from mcar_lib import book  # noqa: E402
 
 SANITIZE_FILE = ROOT / "tests" / "nbval_sanitize.cfg"
 CELL_TIMEOUT = 1800  # seconds per cell
+DEFAULT_PROFILE = "cpu"  # the PROFILE every chapter's parameters cell sets
 
 
 def chapter_paths() -> list[Path]:
@@ -101,7 +102,9 @@ def run(profile: str = "cpu", out_dir: str | None = None) -> dict[str, float]:
         out = path if out_dir is None else Path(out_dir) / path.name
         out.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        papermill.execute_notebook(str(path), str(out), parameters={"PROFILE": profile}, kernel_name="python3",
+        # the default profile is the notebooks' own: no injected parameters cell on the committed pages
+        parameters = {} if profile == DEFAULT_PROFILE else {"PROFILE": profile}
+        papermill.execute_notebook(str(path), str(out), parameters=parameters, kernel_name="python3",
                                    cwd=str(ROOT / "book"), execution_timeout=CELL_TIMEOUT, progress_bar=False)
         timings[path.stem] = time.perf_counter() - start
         print(f"executed {path.relative_to(ROOT)} (profile {profile}) in {timings[path.stem]:.1f} s", flush=True)
@@ -273,6 +276,33 @@ def sweep(seeds: list[int], profile: str = "cpu", device: str = "cpu", chapters:
     return result
 
 
+def record(notebooks: list[str], seed: int, profile: str = "cpu", device: str = "cpu",
+           out: str | Path = ROOT / "benchmarks" / "robustness.json") -> list[dict[str, Any]]:
+    """Add notebooks already executed with ``seed`` (e.g. the committed outputs, by ``run``) to ``out`` as sweep
+    entries, so a seed need not be executed twice; the time of each is the sum of papermill's cell durations."""
+    import nbformat
+    import torch
+
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    entries = []
+    for name in notebooks:
+        path = Path(name)
+        cells = nbformat.read(path, as_version=4).cells
+        seconds = sum(float(c.metadata.get("papermill", {}).get("duration") or 0.0) for c in cells)
+        errors = [o for c in cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+        error = f"{errors[0].ename}: {errors[0].evalue}" if errors else None
+        entry = run_entry(Execution(path.stem, path, seconds, error), seed, device, profile)
+        entry.update(date=date, torch=torch.__version__)
+        entries.append(entry)
+    out = Path(out)
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    result = {**previous, "runs": merge_runs(previous.get("runs", []), entries)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    print(f"recorded {len(entries)} notebooks (seed {seed}, {profile}, {device}) in {out}")
+    return entries
+
+
 # ------------------------------------------------------------------------------------------------------ CLI
 
 
@@ -296,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     p_sweep.add_argument("--chapters", nargs="+", metavar="CHAPTER")
     p_sweep.add_argument("--out", default=str(ROOT / "benchmarks" / "robustness.json"))
     p_sweep.add_argument("--work-dir", help="keep the executed notebooks here (default: a new temporary folder)")
+    p_record = sub.add_parser("record", help="add already executed notebooks to the sweep file as one seed's runs")
+    p_record.add_argument("notebooks", nargs="+")
+    p_record.add_argument("--seed", type=int, required=True)
+    p_record.add_argument("--profile", default="cpu")
+    p_record.add_argument("--device", default="cpu")
+    p_record.add_argument("--out", default=str(ROOT / "benchmarks" / "robustness.json"))
     args = parser.parse_args(argv)
 
     if args.command in (None, "list"):
@@ -310,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         return check(args.profile, args.chapters, args.out_dir)
     elif args.command == "glued":
         list_glued(args.notebooks)
+    elif args.command == "record":
+        record(args.notebooks, args.seed, args.profile, args.device, args.out)
     elif args.command == "sweep":
         sweep(args.seeds, args.profile, args.device, args.chapters, args.out, args.work_dir)
     return 0

@@ -145,3 +145,23 @@ def test_select_keeps_book_order_and_refuses_unknown_chapters(monkeypatch) -> No
     assert chapters.select(None) == paths
     with pytest.raises(SystemExit, match="not chapters of _toc.yml"):
         chapters.select(["04_d"])
+
+
+def test_record_adds_executed_notebooks_as_one_seeds_runs(tmp_path) -> None:
+    passing = _notebook({"a": "1.5"}, _claims(True, True))
+    passing.cells[0].metadata["papermill"] = {"duration": 2.5}
+    passing.cells[1].metadata["papermill"] = {"duration": 0.5}
+    failing = _notebook({"c": "3"}, _claims(True, False), error="AssertionError: 1 of 2 claims fail")
+    paths = [tmp_path / "01_x.ipynb", tmp_path / "02_y.ipynb"]
+    for nb, path in zip((passing, failing), paths):
+        nbformat.write(nb, path)
+    out = tmp_path / "robustness.json"
+    out.write_text(json.dumps({"seeds": [1], "runs": [{"chapter": "01_x", "seed": 1, "device": "cpu",
+                                                       "profile": "cpu", "passed": True}]}))
+    chapters.record([str(p) for p in paths], seed=0, out=out)
+    written = json.loads(out.read_text())
+    assert written["seeds"] == [1]  # the sweep's own header is left alone
+    runs = {(r["chapter"], r["seed"]): r for r in written["runs"]}
+    assert set(runs) == {("01_x", 1), ("01_x", 0), ("02_y", 0)}
+    assert runs["01_x", 0]["passed"] and runs["01_x", 0]["seconds"] == 3.0 and runs["01_x", 0]["values"] == {"a": 1.5}
+    assert not runs["02_y", 0]["passed"] and runs["02_y", 0]["failed_claims"] == ["claim 1 (value 1)"]
