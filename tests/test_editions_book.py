@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
 from mcar_lib import book
 from test_editions import editions
@@ -51,6 +52,12 @@ def test_exercises_follow_the_convention(path):
         if book.CHECK_TAG in tags:
             assert not re.search(r"^\s*(import\s+pytest|from\s+pytest)", source, flags=re.M), (
                 f"cell {index}: checks are plain assertions (the student edition runs without pytest)")
+
+
+def test_chapters_are_numbered_so_that_exercises_are_numbered_per_chapter():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    chapters = next(p for p in toc["parts"] if p["caption"] == "Chapters")
+    assert chapters.get("numbered"), "sphinx-exercise numbers exercises per chapter only in a numbered toctree"
 
 
 @pytest.fixture(scope="module")
