@@ -179,9 +179,12 @@ def _role(cell: Any) -> str | None:
     return None
 
 
+FOLDED = ("hide-input", "hide-output", "hide-cell")
+
+
 def student_notebook(released: Any) -> Any:
     """nbgrader's student version made into the student edition: written solutions removed (a markdown cell left
-    empty goes), outputs and execution counts of answer and check cells cleared."""
+    empty goes), outputs and execution counts of answer and check cells cleared, and these cells unfolded."""
     nb = copy.deepcopy(released)
     cells = []
     for cell in nb.cells:
@@ -193,6 +196,8 @@ def student_notebook(released: Any) -> Any:
                     continue
         if cell.cell_type == "code" and _role(cell) is not None:
             cell.outputs, cell.execution_count = [], None
+            tags = [t for t in cell.metadata.get("tags", []) if t not in FOLDED]  # stubs and checks in full view
+            cell.metadata["tags"] = tags
         cells.append(cell)
     nb.cells = cells
     return nb
@@ -379,8 +384,10 @@ def build_student_html(student: Path, html: Path) -> None:
             if src.exists():
                 shutil.copy(src, stage / f"{entry}{src.suffix}")
                 break
-    subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage), "--all", "-W", "-n",
-                    "--keep-going", "--path-output", str(html.parent / "html-build")], check=True)
+    built = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage), "--all", "-W",
+                            "-n", "--keep-going", "--path-output", str(html.parent / "html-build")])
+    if built.returncode != 0:
+        raise RuntimeError(f"jupyter-book could not build the student book from {stage} (see its report above)")
     shutil.move(str(html.parent / "html-build" / "_build" / "html"), str(html))
     shutil.rmtree(html.parent / "html-build")
 
