@@ -525,13 +525,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if problems else 0
     scores = grade(args.assignment, {p.stem: p for p in args.submissions}, args.course)
     for student in dict.fromkeys(s.student for s in scores):
-        mine = [s for s in scores if s.student == student]
-        auto = [s for s in mine if s.score is not None]
-        print(f"{student}: {sum(s.score for s in auto):g} of {sum(s.max_score for s in auto):g} autograded points; "
-              f"{len(mine) - len(auto)} answer(s) to grade by hand")
-        for s in mine:
-            state = "to grade by hand" if s.score is None else "passed" if s.passed else "FAILED"
-            print(f"  {s.cell}: {state}")
+        checks = [s for s in scores if s.student == student and not s.cell.endswith("-answer")]
+        written = [s for s in scores if s.student == student and s.cell.endswith("-answer")]
+        print(f"{student}: checks {sum(s.score for s in checks):g} of {sum(s.max_score for s in checks):g} points; "
+              f"written answers: {sum(s.score is None for s in written)} to grade by hand (nbgrader formgrader), "
+              f"{sum(s.score is not None for s in written)} left as handed out (0 points)")
+        for s in checks:
+            print(f"  {s.cell}: {'passed' if s.passed else 'FAILED'}")
     return 0
 
 
