@@ -227,18 +227,18 @@ class _CurveWeights(torch.autograd.Function):
             return None, None, None, None, None, None, None
         pieces = ctx.saved_tensors if grad_norm is not None else (None,) * len(grads)
         grad = ctx.memory.empty(*ctx.bends_layout)  # the one full-size tensor: the bends' gradient, every row written
+        middle = torch.tensor(ctx.c[1:-1], dtype=grad.dtype, device=grad.device)[:, None]  # (n, 1)
         offset = 0
         for g, numel, w in zip(grads, ctx.numels, pieces):
-            block = grad[:, offset:offset + numel]
+            block = grad[:, offset:offset + numel]  # (n, numel): row k gets c_k times the parameter's gradient
             offset += numel
-            g_pen = grad_norm * (2.0 * w) if grad_norm is not None else None  # pow's backward for w ** 2
-            for k, c_k in enumerate(ctx.c[1:-1]):
-                if g is not None:
-                    torch.mul(g.reshape(-1), c_k, out=block[k])  # the loss's share: c_k · g
-                else:
-                    block[k].zero_()
-                if g_pen is not None:
-                    block[k].add_(g_pen * c_k)  # the penalty's, its own product
+            if g is not None:
+                torch.mul(middle, g.reshape(1, -1), out=block)  # the loss's share: c_k · g
+            else:
+                block.zero_()
+            if w is not None:
+                g_pen = grad_norm * (2.0 * w)  # pow's backward for w ** 2
+                block.add_(middle * g_pen)  # the penalty's share, its own product
         return grad, None, None, None, None, None, None
 
 
