@@ -1,6 +1,7 @@
 """A student edition and an instructor edition of the book's notebooks, from the same sources, with nbgrader.
 
     python scripts/editions.py build [--out _build/editions] [--profile PROFILE] [--html] [NOTEBOOK ...]
+    python scripts/editions.py verify [--profile smoke] [NOTEBOOK ...]
     python scripts/editions.py grade ASSIGNMENT SUBMISSION.ipynb ... [--course _build/editions/instructor]
 
 ``build`` takes every notebook of ``_toc.yml`` that has exercises (or the notebooks given) and writes
@@ -23,6 +24,10 @@
 Every student notebook is checked for leaks before the build succeeds: no line that only a solution, an answer
 region, a hidden test or a solution's output holds may appear anywhere in it. ``--profile`` writes that profile
 into the parameters cell of both editions (``smoke`` for a quick assignment; the default keeps ``cpu``).
+
+``verify`` checks the checks (what CI runs): it builds both editions in the ``smoke`` profile into a temporary
+folder and grades, for every notebook with autograded exercises, the student edition as handed out (every check
+must fail) and with the reference answers filled in (every check must pass).
 
 ``grade`` copies each submission (the student id is the file name without ``.ipynb``) to
 ``submitted/<student>/<assignment>/`` of the course, runs ``nbgrader autograde`` on it (the whole notebook is
@@ -48,9 +53,8 @@ import nbformat
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # mcar_lib from this checkout, also when it is not installed
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]  # mcar_lib of this checkout (installed or not), chapters.py
 
-sys.path.insert(0, str(ROOT / "scripts"))
 from chapters import chapter_paths as toc_notebooks  # noqa: E402  (the notebooks of _toc.yml, in book order)
 from mcar_lib import book  # noqa: E402
 
