@@ -189,8 +189,9 @@ class _CurveWeights(torch.autograd.Function):
     Forward: the flat formula's operations on each parameter's views, ``c_0·a + c_{n+1}·b`` then ``+ c_1·θ`` (one
     bend) or ``addmv`` (several), so the values are those of the flat vector, element by element.
 
-    Backward: row k of the bends' gradient is :math:`c_k g` for each parameter's gradient g, written in place,
-    row by row (contiguous writes; autograd's ``ger`` and ``cat`` made strided temporaries of the full size).
+    Backward: row k of the bends' gradient is :math:`c_k g` for each parameter's gradient g, written in place
+    into the parameter's columns by one broadcast product (autograd's ``ger`` and ``cat`` made strided
+    temporaries of the full size).
     The penalty's gradient :math:`c_k \\cdot 2 w g_{pen}` is added to :math:`c_k g_{loss}` as a separate product:
     that is how the gradient rounded when :math:`w(t)` was formed once for the loss and once for the penalty,
     so training gives the same bends to the last bit as it did then.
@@ -238,7 +239,8 @@ class _CurveWeights(torch.autograd.Function):
                 block.zero_()
             if w is not None:
                 g_pen = grad_norm * (2.0 * w)  # pow's backward for w ** 2
-                block.add_(middle * g_pen)  # the penalty's share, its own product
+                for k, c_k in enumerate(ctx.c[1:-1]):  # row by row: temporaries of one parameter's size
+                    block[k].add_(g_pen * c_k)  # the penalty's share, its own product
         return grad, None, None, None, None, None, None
 
 
