@@ -117,42 +117,55 @@ class StampedBatches:
     """``steps`` copies of one batch that note the time each is asked for (and when the last step is done).
 
     A training loop asks for the next batch when it has finished a step, so the gaps between the stamps are
-    whole training steps, measured inside ``train.fit`` or any other loop. On CUDA each stamp synchronises.
+    whole training steps, measured inside ``train.fit`` or any other loop. Each stamp holds the wall-clock time
+    and the process's CPU time (all threads, user and system): on a shared machine the CPU time of a step
+    barely depends on what else runs, the wall-clock time does. On CUDA each stamp synchronises.
     """
 
     def __init__(self, batch: tuple[torch.Tensor, torch.Tensor], steps: int, device: torch.device) -> None:
         self.batch, self.steps, self.device = batch, steps, device
-        self.stamps: list[float] = []
+        self.stamps: list[tuple[float, float]] = []
 
     def __len__(self) -> int:
         return self.steps
 
+    def _stamp(self) -> None:
+        _sync(self.device)
+        self.stamps.append((time.perf_counter(), time.process_time()))
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.stamps = []
         for _ in range(self.steps):
-            _sync(self.device)
-            self.stamps.append(time.perf_counter())
+            self._stamp()
             yield self.batch
-        _sync(self.device)
-        self.stamps.append(time.perf_counter())
+        self._stamp()
 
-    def step_seconds(self) -> list[float]:
-        """Seconds of each step but the first (the first also creates the optimiser's state)."""
-        gaps = [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+    def step_seconds(self, clock: int = 0) -> list[float]:
+        """Seconds of each step but the first (the first also creates the optimiser's state); ``clock`` 0 is
+        wall-clock time, 1 the process's CPU time."""
+        gaps = [b[clock] - a[clock] for a, b in zip(self.stamps, self.stamps[1:])]
         return gaps[1:]
 
 
 def per_step_interleaved(sides: dict[str, Callable[[Iterable], object]], batch: tuple[torch.Tensor, torch.Tensor],
-                         device: torch.device, *, steps: int, repeats: int) -> dict[str, float]:
-    """Median seconds per training step of each side; the sides take turns, ``repeats`` runs of ``steps`` steps
-    each, so that machine noise hits all of them alike."""
-    samples: dict[str, list[float]] = {name: [] for name in sides}
+                         device: torch.device, *, steps: int, repeats: int,
+                         clock: int = 0) -> dict[str, float]:
+    """Median seconds per training step of each side (``clock`` as in :meth:`StampedBatches.step_seconds`); the
+    sides take turns, ``repeats`` runs of ``steps`` steps each, so that machine noise hits all of them alike."""
+    return per_step_clocks(sides, batch, device, steps=steps, repeats=repeats)[clock]
+
+
+def per_step_clocks(sides: dict[str, Callable[[Iterable], object]], batch: tuple[torch.Tensor, torch.Tensor],
+                    device: torch.device, *, steps: int, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """:func:`per_step_interleaved` for both clocks at once: (wall-clock medians, CPU-time medians)."""
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in sides}
     for _ in range(repeats):
         for name, run in sides.items():
             stamped = StampedBatches(batch, steps, device)
             run(stamped)
-            samples[name].extend(stamped.step_seconds())
-    return {name: statistics.median(values) for name, values in samples.items()}
+            samples[name].extend(zip(stamped.step_seconds(0), stamped.step_seconds(1)))
+    return ({name: statistics.median(w for w, _ in values) for name, values in samples.items()},
+            {name: statistics.median(c for _, c in values) for name, values in samples.items()})
 
 
 def hand_written_loop(model: torch.nn.Module, sgd: train.SGDConfig) -> Callable[[Iterable], object]:
@@ -201,12 +214,14 @@ def bench_vgg16_curve_steps(device: torch.device, bends: tuple[int, ...] = (1, 5
         curve = curves.Curve.between(a, b, n_bends=n)
         sides[f"curve_{n}"] = lambda batches, c=curve: curves.fit_curve(c, batches, epochs=1, sgd=sgd,
                                                                         show_progress=False)
-    seconds_per_step = per_step_interleaved(sides, batch, device, steps=steps, repeats=repeats)
+    seconds_per_step, cpu_per_step = per_step_clocks(sides, batch, device, steps=steps, repeats=repeats)
     result = {"vgg16_plain_step_seconds": seconds_per_step["plain"]}
     for n in bends:
         suffix = "1_bend" if n == 1 else f"{n}_bends"
         result[f"vgg16_curve_step_ratio_{suffix}"] = seconds_per_step[f"curve_{n}"] / seconds_per_step["plain"]
         result[f"vgg16_curve_step_seconds_{suffix}"] = seconds_per_step[f"curve_{n}"]
+        # the same ratio in CPU time: what the step costs in work, nearly independent of the machine's load
+        result[f"vgg16_curve_step_cpu_time_ratio_{suffix}"] = cpu_per_step[f"curve_{n}"] / cpu_per_step["plain"]
     return result
 
 

@@ -32,7 +32,8 @@ def test_stamps_count_the_steps_of_a_training_loop():
     stamped = run.StampedBatches(batch(8), 4, torch.device("cpu"))
     train.fit(tiny_cnn(0), stamped, epochs=1, show_progress=False)
     assert len(stamped.stamps) == 5  # before each of the 4 steps, and after the last
-    assert len(stamped.step_seconds()) == 3 and all(s >= 0 for s in stamped.step_seconds())
+    for clock in (0, 1):  # wall-clock and CPU time
+        assert len(stamped.step_seconds(clock)) == 3 and all(s >= 0 for s in stamped.step_seconds(clock))
     seen = []
     result = run.per_step_interleaved({"a": lambda b: seen.append(("a", len(list(b)))),
                                        "b": lambda b: seen.append(("b", len(list(b))))},
