@@ -415,7 +415,13 @@ def main() -> None:
                              "there is one")
     parser.add_argument("--output", default=None,
                         help="where to write (default benchmarks/results.json, or results-cuda.json for cuda)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's own choice). On a machine shared with other "
+                             "jobs, 1 thread avoids the OpenMP barrier stalls that slow many-operation steps far "
+                             "more than a free core would; recorded in the results' machine description")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     wanted = str(args.device)
     if wanted.startswith("cuda") and not torch.cuda.is_available():
         print(f"--device {wanted}: CUDA is not available on this machine; nothing measured, "
