@@ -676,3 +676,34 @@ def exercises(notebook: str | Path | Mapping[str, Any]) -> list[Exercise]:
         result.append(Exercise(**{**entry, "solution_cells": tuple(entry["solution_cells"]),
                                   "check_cells": tuple(entry["check_cells"])}))
     return result
+
+
+def chapter_times(cpu: Mapping[str, Any] | None = None, gpu_sweeps: Iterable[Mapping[str, Any]] = (),
+                  gpu_estimates: Mapping[str, Any] | None = None):
+    """Seconds to execute each chapter from an empty checkpoint cache, one column per source (the page "For
+    instructors" renders it): ``chapter_seconds/<chapter>`` of a benchmark file (``benchmarks/results.json``, the
+    CPU in the default profile), the median over seeds of the GPU runs of seeds-sweep files (``device-cuda.json``,
+    one column per profile; runs that stopped early are left out) and ``paper_estimate_seconds/<chapter>`` of a
+    GPU benchmark file (``results-cuda.json``: the paper profile estimated from measured step costs). Missing
+    sources give no column; a chapter without a value in a column has NaN there."""
+    import statistics
+
+    import pandas as pd
+
+    columns: dict[str, dict[str, float]] = {}
+    for key, value in (cpu or {}).items():
+        if key.startswith("chapter_seconds/"):
+            columns.setdefault("CPU, cpu profile", {})[key.split("/", 1)[1]] = float(value)
+    timed: dict[tuple[str, str], list[float]] = {}
+    for run in sweep_runs(gpu_sweeps):
+        stopped = any(c.startswith("the chapter stopped") for c in run.get("failed_claims", []))
+        if str(run["device"]).startswith("cuda") and not stopped and run.get("seconds") is not None:
+            timed.setdefault((run["profile"], run["chapter"]), []).append(float(run["seconds"]))
+    for (profile, chapter), seconds in sorted(timed.items()):
+        columns.setdefault(f"GPU, {profile} profile", {})[chapter] = statistics.median(seconds)
+    for key, value in (gpu_estimates or {}).items():
+        if key.startswith("paper_estimate_seconds/"):
+            columns.setdefault("GPU, paper profile (estimate)", {})[key.split("/", 1)[1]] = float(value)
+    table = pd.DataFrame(columns)
+    table.index.name = "chapter"
+    return table.sort_index()

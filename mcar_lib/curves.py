@@ -150,6 +150,38 @@ def _fixed_part(start: Tensor, end: Tensor, c: list[float], numels: list[int]) -
                                                                    torch.split(end, numels))]
 
 
+class _GradientMemory:
+    """The storage of the bends' last gradient (CPU), reused for the next one once nobody else holds it.
+
+    Why: the bends' gradient is n·D numbers, far above the C allocator's mmap threshold for a large network, so
+    a fresh tensor every step is mapped, page-faulted in and unmapped again (VGG16 with 5 bends: 300 MB, about
+    75 000 page faults a step). A training loop that drops the gradient after each step (``zero_grad(set_to_none=
+    True)``, as :func:`mcar_lib.train.fit` does) leaves this storage with one owner, this object, and the next
+    backward pass writes into it. While anything else holds it (a ``.grad`` kept or accumulated into, a gradient
+    returned by ``torch.autograd.grad``), a new tensor is allocated instead, so a live gradient is never
+    overwritten. CUDA's caching allocator already reuses memory, so there it is not used. Not state: a copy of
+    the curve starts empty.
+    """
+
+    def __init__(self) -> None:
+        self.storage: torch.UntypedStorage | None = None
+
+    def __deepcopy__(self, memo: dict) -> _GradientMemory:
+        return _GradientMemory()
+
+    def empty(self, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
+        if device.type != "cpu":
+            return torch.empty(shape, dtype=dtype, device=device)
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        old = self.storage
+        if old is not None and old.device == device and old.nbytes() == nbytes \
+                and torch._C._storage_Use_Count(old._cdata) == 1:  # only this object holds it
+            return torch.empty(0, dtype=dtype, device=device).set_(old, 0, shape)
+        fresh = torch.empty(shape, dtype=dtype, device=device)
+        self.storage = fresh.untyped_storage()
+        return fresh
+
+
 class _CurveWeights(torch.autograd.Function):
     """:math:`w(t)` per parameter from the flat control points, and optionally :math:`\\|w(t)\\|^2`, with a
     backward that writes the bends' gradient straight into one ``(n, D)`` tensor.
@@ -157,8 +189,9 @@ class _CurveWeights(torch.autograd.Function):
     Forward: the flat formula's operations on each parameter's views, ``c_0·a + c_{n+1}·b`` then ``+ c_1·θ`` (one
     bend) or ``addmv`` (several), so the values are those of the flat vector, element by element.
 
-    Backward: row k of the bends' gradient is :math:`c_k g` for each parameter's gradient g, written in place,
-    row by row (contiguous writes; autograd's ``ger`` and ``cat`` made strided temporaries of the full size).
+    Backward: row k of the bends' gradient is :math:`c_k g` for each parameter's gradient g, written in place
+    into the parameter's columns by one broadcast product (autograd's ``ger`` and ``cat`` made strided
+    temporaries of the full size).
     The penalty's gradient :math:`c_k \\cdot 2 w g_{pen}` is added to :math:`c_k g_{loss}` as a separate product:
     that is how the gradient rounded when :math:`w(t)` was formed once for the loss and once for the penalty,
     so training gives the same bends to the last bit as it did then.
@@ -166,7 +199,7 @@ class _CurveWeights(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, bends: Tensor, start: Tensor, end: Tensor, c: list[float], numels: list[int],  # type: ignore[override]
-                with_norm: bool) -> tuple[Tensor, ...]:
+                with_norm: bool, memory: _GradientMemory) -> tuple[Tensor, ...]:
         pieces = _fixed_part(start, end, c, numels)
         thetas = torch.split(bends, numels, dim=1)  # (n, numel) views
         if len(c) == 3:
@@ -178,6 +211,7 @@ class _CurveWeights(torch.autograd.Function):
                 w.addmv_(theta.t(), middle)
         ctx.c, ctx.numels, ctx.with_norm = c, numels, with_norm
         ctx.bends_layout = (bends.shape, bends.dtype, bends.device)
+        ctx.memory = memory
         ctx.set_materialize_grads(False)  # an unused parameter's gradient is None, not a tensor of zeros
         if not with_norm:
             return tuple(pieces)
@@ -191,23 +225,23 @@ class _CurveWeights(torch.autograd.Function):
         grad_norm = grads[-1] if ctx.with_norm else None
         grads = grads[:-1] if ctx.with_norm else grads
         if grad_norm is None and all(g is None for g in grads):
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         pieces = ctx.saved_tensors if grad_norm is not None else (None,) * len(grads)
-        shape, dtype, device = ctx.bends_layout
-        grad = torch.empty(shape, dtype=dtype, device=device)  # the one full-size tensor: the bends' gradient
+        grad = ctx.memory.empty(*ctx.bends_layout)  # the one full-size tensor: the bends' gradient, every row written
+        middle = torch.tensor(ctx.c[1:-1], dtype=grad.dtype, device=grad.device)[:, None]  # (n, 1)
         offset = 0
         for g, numel, w in zip(grads, ctx.numels, pieces):
-            block = grad[:, offset:offset + numel]
+            block = grad[:, offset:offset + numel]  # (n, numel): row k gets c_k times the parameter's gradient
             offset += numel
-            g_pen = grad_norm * (2.0 * w) if grad_norm is not None else None  # pow's backward for w ** 2
-            for k, c_k in enumerate(ctx.c[1:-1]):
-                if g is not None:
-                    torch.mul(g.reshape(-1), c_k, out=block[k])  # the loss's share: c_k · g
-                else:
-                    block[k].zero_()
-                if g_pen is not None:
-                    block[k].add_(g_pen * c_k)  # the penalty's, its own product
-        return grad, None, None, None, None, None
+            if g is not None:
+                torch.mul(middle, g.reshape(1, -1), out=block)  # the loss's share: c_k · g
+            else:
+                block.zero_()
+            if w is not None:
+                g_pen = grad_norm * (2.0 * w)  # pow's backward for w ** 2
+                for k, c_k in enumerate(ctx.c[1:-1]):  # row by row: temporaries of one parameter's size
+                    block[k].add_(g_pen * c_k)  # the penalty's share, its own product
+        return grad, None, None, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------- Curve
@@ -256,6 +290,7 @@ class Curve(nn.Module):
         self._template_holder = (functional.structure(a),)  # a tuple: not a submodule, never moved or saved
         self._bn_cache = _StatisticsCache()
         self._scratch: dict[str, Tensor] | None = None
+        self._gradient_memory = _GradientMemory()
 
     # ---------------------------------------------------------------------------------- construction
     @classmethod
@@ -294,6 +329,7 @@ class Curve(nn.Module):
     def _apply(self, fn: Callable, recurse: bool = True) -> Curve:  # .to(), .cuda(), .double() ...
         self.clear_bn_cache()
         self._scratch = None
+        self._gradient_memory = _GradientMemory()
         return super()._apply(fn, recurse)
 
     # ---------------------------------------------------------------------------------- weights at t
@@ -339,7 +375,8 @@ class Curve(nn.Module):
                 if squared_norm:
                     norm = torch.stack([w.square().sum() for w in pieces]).sum()
             else:
-                out = _CurveWeights.apply(self.bends, self.start, self.end, c, self._numels, squared_norm)
+                out = _CurveWeights.apply(self.bends, self.start, self.end, c, self._numels, squared_norm,
+                                          self._gradient_memory)
                 pieces, norm = (list(out[:-1]), out[-1]) if squared_norm else (list(out), None)
         weights = _PointWeights({n: w.view(shape) for n, w, shape in zip(self._names, pieces, self._shapes)})
         weights.t, weights.squared_norm = t, norm
@@ -544,6 +581,7 @@ def fit_curve(curve: Curve, data: BatchSource, *, epochs: int | None = None, ste
                                  loss_fn=objective, epoch_end=epoch_end, amp_bf16=amp_bf16,
                                  show_progress=show_progress)
     trained.clear_bn_cache()
+    trained._gradient_memory = _GradientMemory()  # the last step's gradient storage: not needed any more
     return trained, history  # type: ignore[return-value]
 
 

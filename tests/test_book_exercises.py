@@ -1,5 +1,8 @@
-"""mcar_lib.book reads the exercise convention: directives split out of markdown as MyST closes them, exercises with
-their solution and check cells, and every layout the editions cannot handle refused with a reason."""
+"""mcar_lib.book for the editions and the page for instructors: directives split out of markdown as MyST closes
+them, exercises with their solution and check cells, every layout the editions cannot handle refused with a
+reason, and the chapters' execution times gathered from the benchmark and sweep files."""
+
+import math
 
 import nbformat
 import pytest
@@ -76,3 +79,25 @@ def test_exercises_collect_cells_of_the_exercise_above_them():
 def test_exercises_refuse_what_the_editions_cannot_handle(cells, message):
     with pytest.raises(ValueError, match=message):
         book.exercises(_nb(*cells))
+
+
+def test_chapter_times_one_column_per_source():
+    cpu = {"chapter_seconds/01_a": 40.0, "chapter_seconds/02_b": 100.0, "book_seconds": 140.0, "machine": {}}
+    sweep = {"runs": [
+        {"chapter": "01_a", "seed": s, "device": "cuda", "profile": "cpu", "seconds": t, "failed_claims": []}
+        for s, t in ((0, 10.0), (1, 30.0), (2, 12.0))] + [
+        {"chapter": "02_b", "seed": 0, "device": "cuda", "profile": "cpu", "seconds": 1.0,
+         "failed_claims": ["the chapter stopped before its claims held: boom"]},
+        {"chapter": "02_b", "seed": 0, "device": "cpu", "profile": "cpu", "seconds": 99.0, "failed_claims": []},
+        {"chapter": "02_b", "seed": 0, "device": "cuda", "profile": "paper", "seconds": 900.0, "failed_claims": []}]}
+    estimates = {"paper_estimate_seconds/01_a": 3600.0, "machine": {}}
+    table = book.chapter_times(cpu, [sweep], estimates)
+    assert list(table.columns) == ["CPU, cpu profile", "GPU, cpu profile", "GPU, paper profile",
+                                   "GPU, paper profile (estimate)"]
+    row = table.loc["01_a"]
+    assert (row["CPU, cpu profile"], row["GPU, cpu profile"], row["GPU, paper profile (estimate)"]) == (
+        40.0, 12.0, 3600.0)  # the GPU time is the median over seeds
+    assert math.isnan(row["GPU, paper profile"])
+    assert table.loc["02_b", "CPU, cpu profile"] == 100.0 and table.loc["02_b", "GPU, paper profile"] == 900.0
+    assert table.loc[["02_b"], "GPU, cpu profile"].isna().all()  # the stopped run is no time; the cpu run no GPU
+    assert book.chapter_times().empty

@@ -297,3 +297,51 @@ def test_parameters_left_out_of_the_loss_get_zero_or_penalty_gradients() -> None
         assert torch.equal(ours, curve.bends.grad)
         conv = curve.unflatten(ours[0])["conv1.weight"]
         assert (conv != 0).any() if with_penalty else (conv == 0).all()
+
+
+def _backward(curve: Curve, t: float, r: Tensor) -> None:
+    weights = curve.weights_at(t, squared_norm=True)
+    loss = sum((w * p).sum() for w, p in zip(weights.values(), curve.unflatten(r).values()))
+    (loss + 0.1 * curve.squared_norm_at(t, weights)).backward()
+
+
+def test_the_gradient_storage_is_reused_only_when_nobody_holds_it() -> None:
+    """A loop that drops the gradient each step gets the same storage back (no fresh large allocation); a kept
+    gradient, an accumulated one or one returned by torch.autograd.grad is never overwritten."""
+    curve = _curve("bezier", 2)
+    r = torch.randn(curve.start.shape, generator=torch.Generator().manual_seed(6))
+
+    def fresh_gradient(t: float) -> Tensor:
+        twin = copy.deepcopy(curve)
+        _backward(twin, t, r)
+        return twin.bends.grad
+
+    _backward(curve, 0.3, r)
+    first_pointer = curve.bends.grad.data_ptr()
+    curve.bends.grad = None  # zero_grad(set_to_none=True)
+    _backward(curve, 0.6, r)
+    assert curve.bends.grad.data_ptr() == first_pointer  # reused
+    assert torch.equal(curve.bends.grad, fresh_gradient(0.6))
+    kept = curve.bends.grad
+    kept_values = kept.clone()
+    curve.bends.grad = None
+    _backward(curve, 0.2, r)
+    assert torch.equal(kept, kept_values) and curve.bends.grad.data_ptr() != kept.data_ptr()
+    assert torch.equal(curve.bends.grad, fresh_gradient(0.2))
+    del kept
+    _backward(curve, 0.8, r)  # no zeroing: accumulated into the existing gradient
+    assert torch.allclose(curve.bends.grad, fresh_gradient(0.2) + fresh_gradient(0.8))
+    curve.bends.grad = None
+    weights = curve.weights_at(0.4)
+    (g1,) = torch.autograd.grad(sum(w.sum() for w in weights.values()), curve.bends)
+    g1_values = g1.clone()
+    weights = curve.weights_at(0.7)
+    (g2,) = torch.autograd.grad(sum(w.sum() for w in weights.values()), curve.bends)
+    assert torch.equal(g1, g1_values) and g1.data_ptr() != g2.data_ptr()
+    assert copy.deepcopy(curve)._gradient_memory.storage is None  # a copy starts empty
+
+
+def test_fit_curve_keeps_no_gradient_memory() -> None:
+    curve = _curve("bezier", 1)
+    trained, _ = curves.fit_curve(curve, [batch(8, classes=3)] * 2, epochs=1, show_progress=False)
+    assert trained._gradient_memory.storage is None and curve._gradient_memory.storage is None
