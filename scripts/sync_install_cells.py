@@ -68,8 +68,9 @@ def raw_url(path: str) -> str:
 def install_cell_source(stem: str) -> str:
     """The exact source of the first code cell of ``book/{stem}.ipynb``."""
     lines = [
-        f"# Colab only: install mcar_lib from release {release_tag()} (the release this notebook belongs to).",
-        "# Fashion-MNIST is downloaded by torchvision on first use. Elsewhere this cell does nothing.",
+        f"# Colab only: install mcar_lib from release {release_tag()},",
+        "# the release this notebook belongs to. Fashion-MNIST is downloaded",
+        "# by torchvision on first use. Elsewhere this cell does nothing.",
         "import sys",
         "",
         'if "google.colab" in sys.modules:',
@@ -89,7 +90,8 @@ def install_cell_source(stem: str) -> str:
                 f'    Path("{target}").parent.mkdir(parents=True, exist_ok=True)',
                 "    urllib.request.urlretrieve(",
                 f'        "{raw_url(path)}",',
-                f'        "{target}")',
+                f'        "{target}",',
+                "    )",
             ]
     return "\n".join(lines)
 
