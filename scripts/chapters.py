@@ -2,7 +2,7 @@
 values against the committed ones, and sweeping them over seeds.
 
     python scripts/chapters.py list                      # print the chapter paths
-    python scripts/chapters.py run [PROFILE] [OUT_DIR]   # execute them (in place unless OUT_DIR is given)
+    python scripts/chapters.py run [PROFILE] [OUT_DIR] [--chapters ...]  # execute them (in place unless OUT_DIR)
     python scripts/chapters.py check [--chapters ...]    # execute (default profile) into a temporary folder; fail
                                                          # on an error, a failed claim or a stale glued value
     python scripts/chapters.py glued NOTEBOOK...         # list a notebook's glued values (and its claims)
@@ -92,13 +92,14 @@ def execute(path: Path, out: Path, parameters: dict[str, Any]) -> Execution:
 # ------------------------------------------------------------------------------------------------------ run
 
 
-def run(profile: str = "cpu", out_dir: str | None = None) -> dict[str, float]:
+def run(profile: str = "cpu", out_dir: str | None = None, chapters: list[str] | None = None) -> dict[str, float]:
+    """Execute the chapters (all, or ``chapters``, in book order) in ``profile``, in place unless ``out_dir``."""
     import papermill
 
     os.environ.setdefault("MCAR_QUIET", "1")
     # no MPLBACKEND here: the kernel must use its inline backend, or the figures vanish from the outputs
     timings: dict[str, float] = {}
-    for path in chapter_paths():
+    for path in select(chapters):
         out = path if out_dir is None else Path(out_dir) / path.name
         out.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
@@ -313,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     p_run = sub.add_parser("run", help="execute every chapter (in place unless OUT_DIR is given)")
     p_run.add_argument("profile", nargs="?", default="cpu")
     p_run.add_argument("out_dir", nargs="?")
+    p_run.add_argument("--chapters", nargs="+", metavar="CHAPTER",
+                       help="only these chapters (stems or paths), e.g. to resume after a failure")
     p_check = sub.add_parser("check", help="execute into a temporary folder and compare glued values")
     p_check.add_argument("--profile", default="cpu")
     p_check.add_argument("--chapters", nargs="+", metavar="CHAPTER")
@@ -337,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in (None, "list"):
         print("\n".join(str(p.relative_to(ROOT)) for p in chapter_paths()))
     elif args.command == "run":
-        result = run(args.profile, args.out_dir)
+        result = run(args.profile, args.out_dir, args.chapters)
         summary = json.dumps({"chapter_seconds": result, "total_seconds": sum(result.values())}, indent=1)
         print(summary)
         if os.environ.get("MCAR_TIMINGS_FILE"):
