@@ -165,3 +165,20 @@ def test_record_adds_executed_notebooks_as_one_seeds_runs(tmp_path) -> None:
     assert set(runs) == {("01_x", 1), ("01_x", 0), ("02_y", 0)}
     assert runs["01_x", 0]["passed"] and runs["01_x", 0]["seconds"] == 3.0 and runs["01_x", 0]["values"] == {"a": 1.5}
     assert not runs["02_y", 0]["passed"] and runs["02_y", 0]["failed_claims"] == ["claim 1 (value 1)"]
+
+
+def test_run_executes_the_chosen_chapters_in_book_order(fake_book, tmp_path, monkeypatch) -> None:
+    import papermill
+
+    calls = []
+    monkeypatch.setattr(chapters, "ROOT", tmp_path)
+    monkeypatch.setattr(papermill, "execute_notebook",
+                        lambda src, out, **kw: calls.append((Path(src).stem, Path(out), kw["parameters"])))
+    assert list(chapters.run("cpu", str(tmp_path / "out"), ["02_y"])) == ["02_y"]
+    assert calls == [("02_y", tmp_path / "out" / "02_y.ipynb", {})]  # the default profile injects nothing
+    calls.clear()
+    chapters.run("smoke", None, ["02_y", "01_x"])  # in place, in book order whatever the order asked
+    assert [(stem, out.parent.name, params) for stem, out, params in calls] == [
+        ("01_x", "book", {"PROFILE": "smoke"}), ("02_y", "book", {"PROFILE": "smoke"})]
+    with pytest.raises(SystemExit, match="not chapters"):
+        chapters.run("cpu", None, ["03_z"])
