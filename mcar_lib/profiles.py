@@ -210,7 +210,7 @@ class FaultSettings(PathRepairSettings):
     conv_sizes: tuple[int, ...] = (500,)  # sizes at which the convolution site is repaired
     # bit flips: exponent bit 30 of single weights drawn at random, one at a time
     flip_bit: int = 30
-    n_flips: int = 40
+    n_flips: int = 100  # 40 random weights found no destroying flip for seed 2 (worst 21.9 %); 100 found 15 below 50 %
     max_abs_weight: float = 1e3  # the range check: trained weights are orders of magnitude smaller
 
 
@@ -285,7 +285,7 @@ class FlatnessSettings:
     clean_lr: float = 0.01
     epochs: int = 100  # adversarial-training epochs
     batch_size: int = 20
-    lr: float = 0.05
+    lr: float = 0.02  # at 0.05, PGD training collapsed to chance level for 2 of 3 seeds (SEED = 2), AWP with it
     schedule: Schedule = "garipov"  # constant for half the run, then decaying (AWP trains with step decays)
     weight_decay: float = 5e-4
     at_steps: int = 3  # PGD steps per training example
