@@ -40,30 +40,31 @@ def work(cfg: Profile) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
 
     # 1: two endpoints, a Bezier curve and a polygonal chain; both paths and the plane evaluated
-    path_point = _batches(mc.n_bn_images) + _batches(cfg.n_test)
+    path_point = _batches(cfg.n_bn_images) + _batches(cfg.n_test)
     out["01_mode_connectivity"] = {
         "plain": 2 * ep.epochs * spe, "curve": 2 * mc.curve_epochs * spe, "pgd": 0.0,
-        "forward": 2 * mc.n_points * path_point + mc.grid_size ** 2 * (_batches(mc.n_bn_images)
+        "forward": 2 * mc.n_points * path_point + mc.grid_size ** 2 * (_batches(cfg.n_bn_images)
                                                                       + _batches(mc.n_plane_test))}
 
     # 2: four endpoints (two backdoored, two clean twins); per bonafide size a path repair, two fine-tunings,
     # training from scratch and fine-pruning's fine-tuning; the one-tampered-model variant (a fine-tuning, a path)
-    scale = bd.curve_batch_size / UNIT_BATCH
-    sizes = len(bd.bonafide_sizes)
+    scale = bd.path.batch_size / UNIT_BATCH
+    # every (size, repetition) trains one path per cross-validation fold and a final one on all N images
+    sizes = sum(cfg.n_repeats if n in bd.repeated_sizes else 1 for n in bd.bonafide_sizes) * (bd.folds + 1)
     out["02_backdoor_repair"] = {
         "plain": 4 * bd.endpoint_epochs * spe
-        + scale * (sizes * (2 * bd.curve_steps + bd.scratch_steps + bd.prune_finetune_steps) + bd.curve_steps),
-        "curve": scale * (sizes + 1) * bd.curve_steps, "pgd": 0.0,
+        + scale * (sizes * (2 * bd.path.steps + bd.scratch_steps + bd.prune_finetune_steps) + bd.path.steps),
+        "curve": scale * (sizes + 1) * bd.path.steps, "pgd": 0.0,
         "forward": (sizes + 1) * bd.n_t * 2 * _batches(cfg.n_test)}  # clean and triggered test images per point
 
     # 3: the endpoints come from chapter 1; fault sneaking on both; per bonafide size a path repair and two
     # fine-tunings; the one-model variant and the path from a sanitised endpoint
-    scale = ei.curve_batch_size / UNIT_BATCH
-    sizes = len(ei.bonafide_sizes)
+    scale = ei.path.batch_size / UNIT_BATCH
+    sizes = sum(cfg.n_repeats if n in ei.repeated_sizes else 1 for n in ei.bonafide_sizes) * (ei.folds + 1)
     sneak_batch = ei.n_sneak + (ei.keep_sample if ei.keep_sample is not None else ei.n_keep)
     out["03_fault_injection"] = {
-        "plain": 2 * ei.sneak_steps * sneak_batch / UNIT_BATCH + scale * (sizes * 2 + 1) * ei.curve_steps,
-        "curve": scale * (sizes + 2) * ei.curve_steps, "pgd": 0.0,
+        "plain": 2 * ei.sneak_steps * sneak_batch / UNIT_BATCH + scale * (sizes * 2 + 1) * ei.path.steps,
+        "curve": scale * (sizes + 2) * ei.path.steps, "pgd": 0.0,
         "forward": (sizes + 2) * ei.n_t * _batches(cfg.n_test)}
 
     # 4: two adversarially trained endpoints; curves for three pairs (standard loss) and one robust curve; four
@@ -73,16 +74,16 @@ def work(cfg: Profile) -> dict[str, dict[str, float]]:
         "plain": 2 * rb.at_epochs * spe, "curve": 3 * rb.curve_steps + rb.robust_curve_steps,
         "pgd": 2 * rb.at_epochs * spe * at_pgd + rb.robust_curve_steps * at_pgd
         + 4 * rb.n_points * attack_point + 3 * 2 * rb.ensemble_size * attack_point,
-        "forward": 4 * rb.n_points * (_batches(cfg.n_test) + _batches(rb.n_bn_images))}
+        "forward": 4 * rb.n_points * (_batches(cfg.n_test) + _batches(cfg.n_bn_images))}
 
     # 6: AT and AWP, n_seeds each; AWP adds one forward and backward per step after its warm-up; robust
     # accuracy on the training set and the tracked test images every eval_every epochs
     per_epoch = math.ceil(fs.n_train / fs.batch_size) * fs.batch_size / UNIT_BATCH
-    runs = 2 * fs.n_seeds
+    runs = 2 * cfg.n_repeats
     evaluations = fs.epochs // fs.eval_every
     out["06_flatness_awp"] = {
         "plain": runs * (fs.clean_epochs + fs.epochs) * per_epoch
-        + fs.n_seeds * (fs.epochs - fs.warmup_epochs) * per_epoch,
+        + cfg.n_repeats * (fs.epochs - fs.warmup_epochs) * per_epoch,
         "curve": 0.0,
         "pgd": runs * fs.epochs * per_epoch * fs.at_steps
         + runs * evaluations * (_batches(fs.n_train) + _batches(fs.n_eval_test)) * rb.eval_steps,
